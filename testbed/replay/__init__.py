@@ -1,0 +1,1 @@
+"""Trace replay: the driver loop, clocks and the Parquet recorder."""
