@@ -1,0 +1,78 @@
+"""The physical KV cache of the real engine: one block pool per layer, indexed by the
+KVManager's block ids, plus a host pool that swapped-out blocks really move to.
+
+Device pools are allocated once, from the budget the KV manager was sized with; every write
+is a scatter into them. The host pool holds raw bits (numpy has no bfloat16), so a block goes
+out and comes back unchanged.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+
+from testbed.model.config import ModelConfig
+
+_MX_DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+_BITS = {mx.float32: (mx.uint32, np.uint32), mx.float16: (mx.uint16, np.uint16),
+         mx.bfloat16: (mx.uint16, np.uint16)}
+
+
+class PagedKVPool:
+    def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
+                 dtype: str = "float32", num_host_blocks: int = 0):
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.dtype = _MX_DTYPES[dtype]
+        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        self.k = [mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)]
+        self.v = [mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)]
+        mx.eval(self.k, self.v)
+        self._bits_mx, bits_np = _BITS[self.dtype]
+        host_shape = (config.num_hidden_layers, 2, num_host_blocks) + shape[1:]
+        self.host = np.zeros(host_shape, dtype=bits_np) if num_host_blocks else None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+
+    def arrays(self) -> list[mx.array]:
+        return self.k + self.v
+
+    def write(self, layer: int, slots: mx.array, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        """Store new keys/values ([T, kv_heads, head_dim]) at flat slots (block * size + offset)."""
+        n, b = self.num_blocks, self.block_size
+        kp = self.k[layer].reshape(n * b, *self.k[layer].shape[2:])
+        vp = self.v[layer].reshape(n * b, *self.v[layer].shape[2:])
+        kp[slots] = k.astype(self.dtype)
+        vp[slots] = v.astype(self.dtype)
+        self.k[layer] = kp.reshape(self.k[layer].shape)
+        self.v[layer] = vp.reshape(self.v[layer].shape)
+        return self.k[layer], self.v[layer]
+
+    def swap_out(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy device blocks to host blocks ((device, host) pairs)."""
+        if not pairs:
+            return
+        self._require_host()
+        dev = mx.array([d for d, _ in pairs])
+        host = np.array([h for _, h in pairs])
+        for layer in range(len(self.k)):
+            for kv, pool in enumerate((self.k, self.v)):
+                self.host[layer, kv, host] = np.array(pool[layer][dev].view(self._bits_mx))
+
+    def swap_in(self, pairs: list[tuple[int, int]]) -> None:
+        """Copy host blocks back to (other) device blocks ((host, device) pairs)."""
+        if not pairs:
+            return
+        self._require_host()
+        host = np.array([h for h, _ in pairs])
+        dev = mx.array([d for _, d in pairs])
+        for layer in range(len(self.k)):
+            for kv, pool in enumerate((self.k, self.v)):
+                blocks = mx.array(self.host[layer, kv, host]).view(self.dtype)
+                pool[layer][dev] = blocks
+        mx.eval(self.k, self.v)
+
+    def _require_host(self) -> None:
+        if self.host is None:
+            raise RuntimeError("swap requested but the KV pool has no host blocks (num_host_blocks=0)")
