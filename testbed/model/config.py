@@ -68,6 +68,13 @@ class ModelConfig:
         names = {f.name for f in fields(cls)}
         kw = {k: d[k] for k in names if k in d and d[k] is not None}
         kw.setdefault("num_key_value_heads", d["num_attention_heads"])
+        # transformers >= 5 nests RoPE settings under `rope_parameters` (older: `rope_scaling`).
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ValueError(f"{source}: rope_type {rope_type!r} is not supported (only 'default')")
+        if "rope_theta" not in kw and "rope_theta" in rope:
+            kw["rope_theta"] = rope["rope_theta"]
         kw["name"] = d.get("_name_or_path") or d.get("name") or "qwen2"
         return cls(**kw)
 
