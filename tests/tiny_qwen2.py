@@ -4,15 +4,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlx.core as mx
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from testbed.model.config import ModelConfig
+from testbed.model.qwen2 import expected_shapes
+from testbed.weights import load_model
 
 
-def build_tiny_qwen2(directory: Path, *, tie: bool, seed: int = 0) -> Qwen2ForCausalLM:
+def build_tiny_qwen2(directory: Path, *, tie: bool, seed: int = 0):
     """A 2-layer GQA Qwen2 (4 heads, 2 KV heads) with random non-zero biases and norm
     weights, saved in float32 with `save_pretrained`; returns the torch model."""
+    import torch  # imported here: tests that need no transformers oracle start faster
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=500, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -29,14 +32,13 @@ def build_tiny_qwen2(directory: Path, *, tie: bool, seed: int = 0) -> Qwen2ForCa
 
 
 def load_tiny(directory: Path) -> tuple[ModelConfig, dict[str, mx.array]]:
-    """The checkpoint's config and flat Hugging Face-named weights."""
-    return (ModelConfig.from_json(directory / "config.json"),
-            mx.load(str(directory / "model.safetensors")))
+    """The checkpoint's config and flat Hugging Face-named weights, through the loader."""
+    loaded = load_model(str(directory))
+    return loaded.config, loaded.weights
 
 
 def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, mx.array]:
     """Random weights of every tensor the config needs (norm weights near 1)."""
-    from testbed.model.qwen2 import expected_shapes
     key = mx.random.key(seed)
     weights = {}
     for name, shape in expected_shapes(config).items():

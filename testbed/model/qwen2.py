@@ -107,7 +107,8 @@ class Qwen2Model:
         self.kernels: Kernels = check_kernels(kernels)
         self.quant_bits = quant_bits
         self.scale = config.head_dim ** -0.5
-        cast = {name: w.astype(DTYPES[dtype]) for name, w in weights.items()}
+        target = DTYPES[dtype]
+        cast = {name: w if w.dtype == target else w.astype(target) for name, w in weights.items()}
 
         def projection(name: str, with_bias: bool = False) -> Projection:
             weight = cast[name + ".weight"]
