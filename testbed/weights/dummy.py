@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from testbed.model.config import named_config
-from testbed.tokenizer import byte_level_tokenizer
+from testbed.tokenizer import Tokenizer, byte_level_tokenizer
 from testbed.weights.layout import expected_shapes, is_norm
 from testbed.weights.loaded import LoadedModel, mlx_dtype
 
@@ -27,11 +27,17 @@ def dummy_weights(name: str, dtype: str = "float32", seed: int = 0) -> dict[str,
     return weights
 
 
-def load_dummy(name: str, dtype: str = "float32", seed: int = 0) -> LoadedModel:
-    """A named config with random weights and a byte-level tokenizer (ids 0-255 are bytes,
-    256 is EOS), so `generate` runs end to end."""
+def dummy_tokenizer(name: str) -> Tokenizer:
+    """A byte-level tokenizer over the named config's vocabulary (ids 0-255 are bytes, 256 is
+    EOS), so `generate` runs end to end on random weights."""
     config = named_config(name)
-    tokenizer = byte_level_tokenizer(config.vocab_size, source=f"dummy {config.name}")
+    return byte_level_tokenizer(config.vocab_size, source=f"dummy {config.name}")
+
+
+def load_dummy(name: str, dtype: str = "float32", seed: int = 0) -> LoadedModel:
+    """A named config with random weights and the byte-level `dummy_tokenizer`."""
+    config = named_config(name)
+    tokenizer = dummy_tokenizer(name)
     return LoadedModel(config, dummy_weights(name, dtype, seed), tokenizer,
                        tokenizer.eos_token_ids, f"dummy {config.name}",
                        {"eos_token_id": list(tokenizer.eos_token_ids)})

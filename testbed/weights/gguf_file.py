@@ -122,16 +122,26 @@ def _describe(path: Path, meta: _Metadata) -> str:
     return f"GGUF file {path} ({label})"
 
 
+def _open(path: Path) -> GGUFReader:
+    if not path.is_file():
+        raise ValueError(f"{path}: no such GGUF file")
+    try:
+        return GGUFReader(path)
+    except Exception as e:  # gguf raises ValueError/struct errors for bad files
+        raise ValueError(f"{path}: cannot be read as GGUF ({e})") from None
+
+
+def load_gguf_tokenizer(path: str | Path) -> Tokenizer:
+    """Only the tokenizer (and chat template) a GGUF file carries."""
+    path = Path(path)
+    return tokenizer_from_metadata(_Metadata(_open(path), str(path)))
+
+
 def load_gguf(path: str | Path, dtype: str = "float32") -> LoadedModel:
     """Load a Qwen2 GGUF file, dequantizing every tensor to `dtype`."""
     path = Path(path)
     target = mlx_dtype(dtype)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such GGUF file")
-    try:
-        reader = GGUFReader(path)
-    except Exception as e:  # gguf raises ValueError/struct errors for bad files
-        raise ValueError(f"{path}: cannot be read as GGUF ({e})") from None
+    reader = _open(path)
     meta = _Metadata(reader, str(path))
     tensors = {t.name: t for t in reader.tensors}
     config = config_from_metadata(meta, "output.weight" in tensors, path.stem)

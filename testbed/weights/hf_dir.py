@@ -8,7 +8,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from testbed.model.config import ModelConfig
-from testbed.tokenizer import tokenizer_from_hf_dir
+from testbed.tokenizer import Tokenizer, tokenizer_from_hf_dir
 from testbed.weights.layout import check_shapes, expected_shapes
 from testbed.weights.loaded import LoadedModel, mlx_dtype
 
@@ -62,10 +62,26 @@ def load_safetensors_dir(path: Path) -> tuple[dict[str, mx.array], dict[str, str
     raise ValueError(f"{path}: has neither {SINGLE_FILE} nor {INDEX_FILE}")
 
 
-def _eos_ids(value: int | list[int] | None) -> list[int]:
+def _generation_config(path: Path) -> dict:
+    gen_path = path / "generation_config.json"
+    return _read_json(gen_path) if gen_path.is_file() else {}
+
+
+def _eos_ids(generation_config: dict, raw_config: dict) -> list[int]:
+    """generation_config.json's eos_token_id (int or list), else config.json's."""
+    value = generation_config.get("eos_token_id", raw_config.get("eos_token_id"))
     if value is None:
         return []
     return [value] if isinstance(value, int) else list(value)
+
+
+def load_hf_tokenizer(path: str | Path) -> Tokenizer | None:
+    """The directory's tokenizer (None without tokenizer.json), ending on the eos ids of
+    generation_config.json as well as the tokenizer's own eos_token."""
+    path = Path(path)
+    config_path = path / "config.json"
+    raw_config = _read_json(config_path) if config_path.is_file() else {}
+    return tokenizer_from_hf_dir(path, _eos_ids(_generation_config(path), raw_config))
 
 
 def load_hf_dir(path: str | Path, dtype: str = "float32") -> LoadedModel:
@@ -84,9 +100,8 @@ def load_hf_dir(path: str | Path, dtype: str = "float32") -> LoadedModel:
     weights = {name: tensors[name].astype(target) for name in expected_shapes(config)}
     mx.eval(weights)
 
-    gen_path = path / "generation_config.json"
-    generation_config = _read_json(gen_path) if gen_path.is_file() else {}
-    eos = _eos_ids(generation_config.get("eos_token_id", raw_config.get("eos_token_id")))
+    generation_config = _generation_config(path)
+    eos = _eos_ids(generation_config, raw_config)
     tokenizer = tokenizer_from_hf_dir(path, eos)
     return LoadedModel(config, weights, tokenizer,
                        tokenizer.eos_token_ids if tokenizer else tuple(dict.fromkeys(eos)),
