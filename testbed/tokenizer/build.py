@@ -104,7 +104,11 @@ def tokenizer_from_gguf_vocab(tokens: Sequence[str], token_types: Sequence[int],
         if len(pair) != 2:
             raise ValueError(f"{source}: tokenizer.ggml.merges[{line}] = {merge!r} is not a pair")
         pairs.append(pair)
-    backend = tokenizers.Tokenizer(models.BPE(vocab, pairs, unk_token=None, byte_fallback=False))
+    try:
+        bpe = models.BPE(vocab, pairs, unk_token=None, byte_fallback=False)
+    except Exception as e:  # the Rust library raises plain Exceptions, e.g. for unknown merges
+        raise ValueError(f"{source}: tokenizer.ggml.merges do not fit the tokens ({e})") from None
+    backend = tokenizers.Tokenizer(bpe)
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
