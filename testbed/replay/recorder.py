@@ -1,0 +1,330 @@
+"""Crash-safe recording of one run: Parquet part files plus run.json and summary.json.
+
+A Parquet file is unreadable until its footer is written, so a run killed mid-write would
+lose everything in it. The recorder instead buffers rows and, every `flush_every` rows of a
+table (and at the end), writes them as a new part file into a `<table>.parquet/` directory:
+first under a hidden temporary name, then renamed with `os.replace`, which is atomic. A killed
+run thus leaves whole part files (and at most a hidden temporary one, which readers skip);
+pandas and pyarrow read such a directory as one table.
+
+Each table has a fixed Arrow schema, so part files always concatenate: the documented columns
+have fixed types, and extra columns (the cost-model features of a step) are fixed by the
+first row: numbers become float64, strings stay strings. Every row of a table must have the
+same keys as its first row.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+_I, _F, _S = pa.int64(), pa.float64(), pa.string()
+
+STEP_SCHEMA = {
+    "step": _I, "t_start": _F, "t_end": _F, "seconds": _F, "host_seconds": _F,
+    "device_seconds": _F, "n_seqs": _I, "n_prefill_seqs": _I, "n_prefill_tokens": _I,
+    "n_decode_seqs": _I, "n_batched_tokens": _I, "sum_context": _I, "kv_blocks_used": _I,
+    "kv_blocks_free": _I, "prefix_hit_tokens": _I, "n_preempted": _I, "n_swapped_out": _I,
+    "n_swapped_in": _I, "n_waiting": _I, "n_running": _I, "n_swapped": _I,
+}
+REQUEST_SCHEMA = {
+    "request_id": _S, "arrival_s": _F, "prompt_len": _I, "output_len": _I,
+    "n_output_tokens": _I, "cached_prompt_tokens": _I, "first_scheduled_s": _F,
+    "first_token_s": _F, "finish_s": _F, "ttft": _F, "tpot": _F, "e2e": _F, "queue_s": _F,
+    "n_preemptions": _I, "status": _S, "reason": _S, "slo_met": pa.bool_(), "priority": _I,
+}
+TOKEN_SCHEMA = {"request_id": _S, "index": _I, "t": _F}
+
+REQUEST_STATUSES = ("finished", "rejected", "aborted")
+NULLABLE = (pa.float64(), pa.bool_())  # floats: a missing time; slo_met: no SLO given
+
+
+class _Table:
+    """The buffered rows of one Parquet directory and how to write them."""
+
+    def __init__(self, directory: Path, schema: dict[str, pa.DataType], *, extras: bool):
+        self.directory = directory
+        self.known = schema
+        self.extras = extras  # whether columns beyond `known` may appear
+        self.schema: pa.Schema | None = None  # fixed by the first row
+        self.rows: list[dict[str, Any]] = []
+        self.n_rows = 0
+        self.n_parts = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        if self.schema is None:
+            self.schema = self._schema_from(row)
+        elif len(row) != len(self.schema) or any(name not in row for name in self.schema.names):
+            self._reject_keys(row)
+        self.rows.append(row)
+        self.n_rows += 1
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        rows, self.rows = self.rows, []
+        self._write(pa.table({f.name: self._column(f, rows) for f in self.schema}, schema=self.schema))
+
+    def write_empty_if_none(self) -> None:
+        """Leave a readable (empty) table behind when no row ever came."""
+        if self.n_parts == 0:
+            self.schema = self.schema or pa.schema(list(self.known.items()))
+            self._write(self.schema.empty_table())
+
+    def _write(self, table: pa.Table) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"part-{self.n_parts:06d}.parquet"
+        tmp = self.directory / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, self.directory / name)
+        self.n_parts += 1
+
+    def _schema_from(self, row: dict[str, Any]) -> pa.Schema:
+        missing = [name for name in self.known if name not in row]
+        if missing:
+            raise ValueError(f"{self._where(0)} lacks field(s) {missing}")
+        extra = [name for name in row if name not in self.known]
+        if extra and not self.extras:
+            raise ValueError(f"{self._where(0)} has unknown field(s) {extra}; "
+                             f"known: {list(self.known)}")
+        return pa.schema([*self.known.items(), *((n, _extra_type(n, row[n], self)) for n in extra)])
+
+    def _reject_keys(self, row: dict[str, Any]) -> None:
+        names = set(self.schema.names)
+        raise ValueError(f"{self._where(self.n_rows)} has other fields than the first row: "
+                         f"missing {sorted(names - set(row))}, extra {sorted(set(row) - names)}")
+
+    def _column(self, field: pa.Field, rows: list[dict[str, Any]]) -> pa.Array:
+        values = [row[field.name] for row in rows]
+        try:
+            array = pa.array(values, type=field.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+            raise ValueError(f"{self.directory.name}: field {field.name!r} must be {field.type} "
+                             f"in every row: {e}") from None
+        if array.null_count and field.type not in NULLABLE:
+            first = next(i for i, v in enumerate(values) if v is None)
+            raise ValueError(f"{self._where(self.n_rows - len(rows) + first)}: "
+                             f"field {field.name!r} is None")
+        return array
+
+    def _where(self, index: int) -> str:
+        return f"{self.directory.name} row {index}"
+
+
+def _extra_type(name: str, value: Any, table: _Table) -> pa.DataType:
+    if isinstance(value, str):
+        return pa.string()
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return pa.float64()
+    raise ValueError(f"{table._where(0)}: extra field {name!r} must be a number or a string, "
+                     f"got {type(value).__name__}")
+
+
+class Recorder:
+    """Writes one run's steps, requests and (optionally) tokens into `run_dir`.
+
+    `start(meta)`, then `step(row)` / `request(row)` / `token(...)` as the run goes, then
+    `close(summary=...)` or `fail(reason)`. As a context manager it fails the run on any
+    exception (KeyboardInterrupt included) and re-raises, and closes it as complete on a
+    normal exit if `close` was not called.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, tokens: bool = False, flush_every: int = 5000):
+        if flush_every < 1:
+            raise ValueError(f"flush_every must be >= 1, got {flush_every}")
+        self.run_dir = Path(run_dir)
+        self.flush_every = flush_every
+        self.steps = _Table(self.run_dir / "steps.parquet", STEP_SCHEMA, extras=True)
+        self.requests = _Table(self.run_dir / "requests.parquet", REQUEST_SCHEMA, extras=False)
+        self.tokens = (_Table(self.run_dir / "tokens.parquet", TOKEN_SCHEMA, extras=False)
+                       if tokens else None)
+        self.meta: dict[str, Any] = {}
+        self.status_counts: Counter[str] = Counter()
+        self.output_tokens = 0
+        self.closed = False
+
+    # ---- writing ----
+    def start(self, meta: dict[str, Any]) -> None:
+        """Write run.json: `run_environment()`, then `meta` (which wins), status "running"."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.meta = {**run_environment(), **meta, "status": "running", "start_time": _now()}
+        _write_json(self.run_dir / "run.json", self.meta)
+
+    def step(self, row: dict[str, Any]) -> None:
+        self._add(self.steps, row)
+
+    def request(self, row: dict[str, Any]) -> None:
+        status = row.get("status")
+        if status not in REQUEST_STATUSES:
+            raise ValueError(f"requests row {self.requests.n_rows}: status {status!r} is not one "
+                             f"of {REQUEST_STATUSES}")
+        self._add(self.requests, row)
+        self.status_counts[status] += 1
+        self.output_tokens += int(row.get("n_output_tokens") or 0)
+
+    def token(self, request_id: str, index: int, t: float) -> None:
+        if self.tokens is None:
+            raise ValueError("this Recorder was made with tokens=False")
+        self._add(self.tokens, {"request_id": request_id, "index": index, "t": t})
+
+    def flush(self) -> None:
+        """Write every buffered row as new part files."""
+        for table in self._tables():
+            table.flush()
+
+    def close(self, status: str = "complete", summary: dict[str, Any] | None = None) -> None:
+        """Flush, write summary.json (if given) and the final run.json."""
+        self._check_open()
+        try:
+            self.flush()
+            for table in self._tables():
+                table.write_empty_if_none()
+        finally:
+            self.closed = True
+            if summary is not None:
+                _write_json(self.run_dir / "summary.json", summary)
+            self.meta.update(status=status, end_time=_now(), counts=self.counts())
+            _write_json(self.run_dir / "run.json", self.meta)
+
+    def fail(self, reason: str) -> None:
+        """Save what there is and mark the run `failed: <reason>`."""
+        self._check_open()
+        try:
+            self.flush()
+        except Exception as e:  # a bad buffered row must not hide the failure being recorded
+            reason = f"{reason}; and could not flush: {e}"
+        finally:
+            self.closed = True
+            self.meta.update(status=f"failed: {reason}", end_time=_now(), counts=self.counts())
+            _write_json(self.run_dir / "run.json", self.meta)
+
+    def counts(self) -> dict[str, int]:
+        """Rows seen so far: requests by status, steps, output tokens."""
+        return {"requests": self.requests.n_rows,
+                **{f"requests_{s}": self.status_counts[s] for s in REQUEST_STATUSES},
+                "steps": self.steps.n_rows, "output_tokens": self.output_tokens}
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.closed:
+            return False
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.fail("interrupted")
+        else:
+            self.fail(f"{exc_type.__name__}: {exc}")
+        return False
+
+    def _add(self, table: _Table, row: dict[str, Any]) -> None:
+        self._check_open()
+        table.add(row)
+        if len(table.rows) >= self.flush_every:
+            table.flush()
+
+    def _tables(self) -> list[_Table]:
+        return [t for t in (self.steps, self.requests, self.tokens) if t is not None]
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"the recorder of {self.run_dir} is already closed")
+
+
+def run_environment() -> dict[str, Any]:
+    """Versions, git commit, device and BLAS of this process, for run.json."""
+    import mlx.core as mx  # testbed (imported above) has already loaded the fast BLAS
+
+    import testbed
+    from testbed import blas
+
+    return {
+        "versions": {"python": platform.python_version(), "mlx": mx.__version__,
+                     "testbed": testbed.__version__, "git_commit": _git_commit()},
+        "device": str(mx.default_device()),
+        "platform": platform.platform(),
+        "blas": blas.status(),
+    }
+
+
+def _git_commit() -> str | None:
+    """The commit of the source tree testbed runs from (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+class RunData(NamedTuple):
+    steps: pd.DataFrame
+    requests: pd.DataFrame
+    tokens: pd.DataFrame | None  # None when the run did not record tokens
+    meta: dict[str, Any]
+
+
+def read_run(run_dir: str | os.PathLike) -> RunData:
+    """The three tables and run.json of a run directory (complete, failed or killed)."""
+    run_dir = Path(run_dir)
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory: no run.json")
+    meta = json.loads(meta_path.read_text())
+    requests = read_table(run_dir / "requests.parquet", REQUEST_SCHEMA)
+    requests["slo_met"] = requests["slo_met"].astype("boolean")
+    tokens_dir = run_dir / "tokens.parquet"
+    tokens = read_table(tokens_dir, TOKEN_SCHEMA) if tokens_dir.is_dir() else None
+    return RunData(read_table(run_dir / "steps.parquet", STEP_SCHEMA), requests, tokens, meta)
+
+
+def read_table(directory: Path, schema: dict[str, pa.DataType]) -> pd.DataFrame:
+    """All part files of a table directory, in order (an empty frame if there are none yet)."""
+    parts = sorted(directory.glob("part-*.parquet")) if directory.is_dir() else []
+    tables = []
+    for part in parts:
+        try:
+            tables.append(pq.read_table(part))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise ValueError(f"unreadable part file {part}: {e}") from None
+    if not tables:
+        return pa.schema(list(schema.items())).empty_table().to_pandas()
+    try:
+        return pa.concat_tables(tables).to_pandas()
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"part files of {directory} disagree on their columns: {e}") from None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, NaN and infinities to None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
