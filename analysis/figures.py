@@ -34,7 +34,8 @@ def latency_cdfs(runs: dict[str, Run], metrics=CDF_METRICS) -> Figure:
         for ax, (metric, xlabel) in zip(axes, metrics):
             for label, v in values.items():
                 _ecdf(ax, v[metric], label=label, color=color[label])
-            ax.set(xlabel=xlabel, ylabel="fraction of requests", ylim=(0, 1.02))
+            ax.set(xlabel=xlabel, ylim=(0, 1.02),
+                   ylabel="fraction of token gaps" if metric == "itl" else "fraction of requests")
             if not ax.lines:
                 ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
             _log_if_wide(ax, np.concatenate([v[metric] for v in values.values()]))
@@ -95,7 +96,7 @@ def timeseries(run: Run) -> Figure:
         axes[4].plot(t, steps["n_prefill_tokens"], label="prefill", alpha=0.7)
         axes[4].set(ylabel="tokens per step", xlabel="run time (s)")
         for ax in (axes[0], axes[1], axes[3], axes[4]):
-            ax.legend(loc="upper right")
+            ax.legend(loc="upper left", ncols=2)
     return fig
 
 

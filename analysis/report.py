@@ -211,7 +211,7 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
             out.append("\n".join([f"### {b.title}", "", _md_row(b.header),
                                   _md_row(["---"] * len(b.header)), *map(_md_row, b.rows)]))
         else:
-            out.append(f"![{b.caption}]({b.png.as_posix()})\n\n*{b.caption}* "
+            out.append(f"![{b.png.stem}]({b.png.as_posix()})\n\n*{b.caption}* "
                        f"(PDF: `{b.png.with_suffix('.pdf').as_posix()}`)")
     return "\n\n".join(out) + "\n"
 

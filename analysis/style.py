@@ -11,15 +11,16 @@ from pathlib import Path
 import matplotlib as mpl
 from matplotlib.figure import Figure
 
+PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
+           "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
 RC = {
+    "axes.prop_cycle": mpl.cycler(color=PALETTE),
     "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
     "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.6, "lines.linewidth": 1.5, "lines.markersize": 4,
     "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
     "savefig.bbox": "tight", "pdf.fonttype": 42,  # TrueType fonts: editable text in PDFs
 }
-PALETTE = ("#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3",
-           "#937860", "#DA8BC3", "#8C8C8C", "#CCB974", "#64B5CD")
 PANEL_INCHES = (3.6, 2.6)
 
 
