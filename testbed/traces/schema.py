@@ -158,7 +158,7 @@ def _strings(values: pd.Series, loc: Locator, column: str) -> np.ndarray:
 
 
 def _int_lists(values: pd.Series, loc: Locator, column: str) -> np.ndarray:
-    """Each value a list (or 1-D array) of non-negative integers; returned as int64 arrays."""
+    """Each value a list (or 1-D array) of non-negative integers; returned as arrays."""
     items = values.to_numpy(dtype=object)
     out = np.empty(len(items), dtype=object)
     for i, value in enumerate(items):
@@ -169,7 +169,7 @@ def _int_lists(values: pd.Series, loc: Locator, column: str) -> np.ndarray:
             raise loc.error(i, column, f"expected a list of integers, got {value!r:.80}")
         if array.size and array.min() < 0:
             raise loc.error(i, column, f"negative id {array.min()}")
-        out[i] = array.astype(np.int64, copy=False)
+        out[i] = array
     return out
 
 
