@@ -1,0 +1,156 @@
+"""The replay loop: feed a trace's requests to an engine at their arrival times, step until
+every request has ended, and log every step and request.
+
+    admit arrivals due by now -> engine.step() -> log the step and the requests that ended
+    (idle: jump/wait to the next arrival)
+
+The loop is the same for the real engine and the simulator, and for the virtual and wall
+clocks; only the parts handed to it differ.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from testbed.engine.engine import Engine, StepOutput
+from testbed.metrics import SLO, request_latencies
+from testbed.replay.recorder import Recorder
+from testbed.request import Request, Sequence
+
+
+@dataclass(slots=True)
+class ReplayCounts:
+    requests: int = 0
+    finished: int = 0
+    rejected: int = 0
+    aborted: int = 0
+    steps: int = 0
+    output_tokens: int = 0
+    wall_seconds: float = 0.0
+    sim_seconds: float = 0.0
+
+
+class StalledError(RuntimeError):
+    """The scheduler can make no progress and nothing else will arrive."""
+
+
+def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = None, *,
+           slo: SLO | None = None, progress: bool = False, max_steps: int | None = None
+           ) -> ReplayCounts:
+    pending = deque(sorted(requests, key=lambda r: r.arrival_s))
+    counts = ReplayCounts(requests=len(pending))
+    clock, kv, sched = engine.clock, engine.scheduler.kv, engine.scheduler
+    bar = Progress(counts, clock) if progress else None
+    hits_before = kv.stats.hit_tokens
+    t0 = time.perf_counter()
+    while pending or engine.has_unfinished:
+        while pending and pending[0].arrival_s <= clock.now:
+            engine.add_request(pending.popleft())
+        if not engine.has_unfinished:
+            clock.wait_until(pending[0].arrival_s)
+            continue
+        out = engine.step()
+        counts.steps += 1
+        if recorder is not None:
+            hits = kv.stats.hit_tokens
+            recorder.step(step_row(out, engine, hits - hits_before))
+            hits_before = hits
+        for seq in out.finished:
+            _count(counts, seq)
+            if recorder is not None:
+                recorder.request(request_row(seq, slo))
+                if recorder.tokens is not None:
+                    for i, t in enumerate(seq.token_times):
+                        recorder.token(seq.request.request_id, i, t)
+        if out.plan.is_empty and not out.finished:
+            if not pending:
+                raise StalledError(
+                    f"the {type(sched).__name__} scheduler made no progress with "
+                    f"{sched.num_waiting} waiting, {sched.num_running} running, "
+                    f"{sched.num_swapped} swapped and nothing left to arrive")
+            clock.wait_until(pending[0].arrival_s)
+        if bar is not None:
+            bar.update()
+        if max_steps is not None and counts.steps >= max_steps:
+            raise StalledError(f"stopped after max_steps={max_steps} with "
+                               f"{counts.requests - _ended(counts)} requests unfinished")
+    counts.wall_seconds = time.perf_counter() - t0
+    counts.sim_seconds = clock.now
+    if bar is not None:
+        bar.update(final=True)
+    return counts
+
+
+def step_row(out: StepOutput, engine: Engine, prefix_hit_tokens: int) -> dict:
+    sched, kv, plan = engine.scheduler, engine.scheduler.kv, out.plan
+    f = out.features
+    return {
+        "step": out.index, "t_start": out.t_start, "t_end": out.t_end,
+        "seconds": out.result.seconds, "host_seconds": out.result.host_seconds,
+        "device_seconds": out.result.device_seconds,
+        "sum_context": f.sum_prefill_context + f.sum_decode_context,
+        "kv_blocks_used": kv.num_used_blocks, "kv_blocks_free": kv.num_free_blocks,
+        "prefix_hit_tokens": prefix_hit_tokens, "n_preempted": len(plan.preempted),
+        "n_swapped_out": len(plan.swap_out), "n_swapped_in": len(plan.swap_in),
+        "n_waiting": sched.num_waiting, "n_running": sched.num_running,
+        "n_swapped": sched.num_swapped,
+        **f.as_dict(),
+    }
+
+
+def request_row(seq: Sequence, slo: SLO | None = None) -> dict:
+    r = seq.request
+    n_out = seq.num_output_tokens
+    lat = request_latencies(r.arrival_s, seq.first_scheduled_s, seq.first_token_s,
+                            seq.finish_s, n_out)
+    status = seq.status.value
+    met = slo.is_met(status, lat["ttft"], lat["tpot"], lat["e2e"]) if slo else status == "finished"
+    return {
+        "request_id": r.request_id, "arrival_s": r.arrival_s, "prompt_len": r.prompt_len,
+        "output_len": r.output_len, "n_output_tokens": n_out,
+        "cached_prompt_tokens": seq.num_cached_tokens,
+        "first_scheduled_s": seq.first_scheduled_s, "first_token_s": seq.first_token_s,
+        "finish_s": seq.finish_s, "ttft": lat["ttft"], "tpot": lat["tpot"], "e2e": lat["e2e"],
+        "queue_s": lat["queue"], "n_preemptions": seq.num_preemptions, "status": status,
+        "reason": seq.reason, "slo_met": bool(met), "priority": r.priority,
+    }
+
+
+def _count(counts: ReplayCounts, seq: Sequence) -> None:
+    status = seq.status.value
+    if status == "finished":
+        counts.finished += 1
+    elif status == "rejected":
+        counts.rejected += 1
+    else:
+        counts.aborted += 1
+    counts.output_tokens += seq.num_output_tokens
+
+
+def _ended(counts: ReplayCounts) -> int:
+    return counts.finished + counts.rejected + counts.aborted
+
+
+class Progress:
+    """One status line on stderr, redrawn at most twice a second."""
+
+    def __init__(self, counts: ReplayCounts, clock):
+        self.counts, self.clock = counts, clock
+        self.t0 = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        c, wall = self.counts, now - self.t0
+        sim = self.clock.now
+        line = (f"[replay] {_ended(c)}/{c.requests} requests done | {c.steps} steps | "
+                f"sim {sim:,.1f} s | {c.output_tokens / sim if sim > 0 else 0:,.0f} out tok/s (sim) "
+                f"| wall {wall:,.1f} s")
+        end = "\n" if final or not self.tty else ""
+        sys.stderr.write(("\r" if self.tty else "") + line + end)
+        sys.stderr.flush()
