@@ -1,0 +1,27 @@
+"""The simulated executor: no model, a step's seconds from a cost model.
+
+Every scheduled sequence that samples gets `token_id`, a fixed id that must never be a stop
+token (trace replay sets `ignore_eos`; output lengths come from the trace). Block copies of
+swap preemption cost `swap_seconds_per_block` each (see `roofline.swap_seconds_per_block`) on
+top of the forward pass; a step of copies alone runs no forward pass. It keeps no state.
+"""
+from __future__ import annotations
+
+from testbed.plan import StepPlan, StepResult
+from testbed.sim.base import CostModel
+from testbed.sim.features import step_features
+
+
+class SimExecutor:
+    def __init__(self, cost_model: CostModel, swap_seconds_per_block: float = 0.0, token_id: int = 0):
+        self.cost_model = cost_model
+        self.swap_seconds_per_block = swap_seconds_per_block
+        self.token_id = token_id
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        features = step_features(plan)
+        seconds = self.cost_model.predict(features) if plan.scheduled else 0.0
+        seconds += features.n_swap_blocks * self.swap_seconds_per_block
+        token = self.token_id
+        tokens = {s.seq.seq_id: token for s in plan.scheduled if s.samples}
+        return StepResult(tokens, seconds, device_seconds=seconds)
