@@ -71,9 +71,11 @@ def read_burstgpt(path: Path, model: str | Sequence[str] | None = None,
                              source=str(path), field=column)
         notes.append(f"kept {keep.sum()} of {len(keep)} rows with {column} in {wanted}")
         table = table.keep(keep)
-    session_column = next((c for c in ("Session ID", "SessionID") if c in table.df), None)
     fields = {"arrival_s": "Timestamp", "prompt_len": "Request tokens",
-              "output_len": "Response tokens", "session_id": session_column or ""}
+              "output_len": "Response tokens"}
+    session_column = next((c for c in ("Session ID", "SessionID") if c in table.df), None)
+    if session_column:
+        fields["session_id"] = session_column
     output = numeric_column(table.df["Response tokens"], table.locator(fields), "output_len",
                             integer=True)
     zero = output == 0

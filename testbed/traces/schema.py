@@ -72,11 +72,11 @@ def numeric_column(values: pd.Series | np.ndarray | Sequence, loc: Locator, colu
     bad = first_true(np.isnan(numbers))
     if bad is not None:
         value = raw.iloc[bad]
-        missing = value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
-        raise loc.error(bad, column, "missing value" if missing else f"{value!r} is not a number")
+        missing = np.ndim(value) == 0 and (pd.isna(value) or value == "")
+        raise loc.error(bad, column, "missing value" if missing else f"{value!r:.80} is not a number")
     if not integer:
         return numbers
-    bad = first_true(numbers != np.floor(numbers))
+    bad = first_true(~np.isfinite(numbers) | (numbers != np.floor(numbers)))
     if bad is not None:
         raise loc.error(bad, column, f"{raw.iloc[bad]!r} is not an integer")
     return numbers.astype(np.int64)
