@@ -90,5 +90,7 @@ def test_with_prompt_tokens_feeds_requests():
     assert by_id["1"].prompt_token_ids[32] != by_id["3"].prompt_token_ids[32]
     assert all(len(r.prompt_token_ids) == r.prompt_len for r in requests)
     assert by_id["3"].block_hashes == [1, 2, 5, 6, 7] and by_id["3"].hash_block_size == 16
-    with pytest.raises(ValueError, match="already has prompt_token_ids"):
-        with_prompt_tokens(got, VOCAB)
+    assert with_prompt_tokens(got, VOCAB, seed=2) is got  # ids it has are kept
+    texts = trace.replace(trace.df.assign(prompt_text="hello"))
+    with pytest.raises(ValueError, match="has prompt_text: tokenize it"):
+        with_prompt_tokens(texts, VOCAB)

@@ -98,6 +98,8 @@ def test_apply_transforms_from_a_config_mapping(conv):
     twice = apply_transforms(conv, [{"rate_scale": 2}, {"rate_scale": 2}])
     np.testing.assert_allclose(twice.df["arrival_s"] * 4, conv.df["arrival_s"])
     assert apply_transforms(conv, None) is conv
+    listed = {"window": None, "sample": None, "head": 7, "rate_scale": None}  # null: left out
+    pd.testing.assert_frame_equal(apply_transforms(conv, listed).df, head(conv, 7).df)
 
 
 def test_apply_transforms_errors(conv):

@@ -82,10 +82,13 @@ def synthesize_prompt_tokens(trace: Trace, vocab_size: int, seed: int = 0, low: 
 
 def with_prompt_tokens(trace: Trace, vocab_size: int, seed: int = 0, low: int = 0,
                        high: int | None = None) -> Trace:
-    """The trace with a `prompt_token_ids` column from `synthesize_prompt_tokens`."""
-    for column in ("prompt_token_ids", "prompt_text"):
-        if trace.has(column):
-            raise ValueError(f"{trace.name} already has {column}; its prompts are not synthetic")
+    """The trace with a `prompt_token_ids` column from `synthesize_prompt_tokens`; a trace
+    that has token ids already is returned as it is. Prompt text must be tokenized instead."""
+    if trace.has("prompt_token_ids"):
+        return trace
+    if trace.has("prompt_text"):
+        raise ValueError(f"{trace.name} has prompt_text: tokenize it rather than synthesize "
+                         "token ids that would not match it")
     low, high = token_range(vocab_size, low, high)
     df = trace.df.copy()
     df["prompt_token_ids"] = synthesize_prompt_tokens(trace, vocab_size, seed, low, high)

@@ -2,8 +2,9 @@
 
 `apply_transforms(trace, spec)` runs several in order from a config mapping, e.g.
 `{"window": {"start_s": 600, "end_s": 1200}, "rate_scale": 2.0, "head": 500}`: a mapping
-value is keyword arguments, a scalar the single argument, null none. A list of one-key
-mappings runs the same transform more than once.
+value is keyword arguments, a scalar the single argument, and null leaves the transform out
+(so a config group can list every transform as null). A list of one-key mappings runs the
+same transform more than once.
 """
 from __future__ import annotations
 
@@ -104,10 +105,10 @@ def apply_transforms(trace: Trace, spec: Mapping | Sequence[Mapping] | None) -> 
         item for step in spec or () for item in _one_step(step)]
     for name, args in steps:
         transform = TRANSFORMS.get(name)
+        if args is None:
+            continue
         try:
-            if args is None:
-                trace = transform(trace)
-            elif isinstance(args, Mapping):
+            if isinstance(args, Mapping):
                 trace = transform(trace, **dict(args))
             else:
                 trace = transform(trace, args)
