@@ -113,7 +113,7 @@ def step_time_vs_shape(run: Run) -> Figure:
             points = ax.scatter(steps[column], steps["seconds"] * 1e3, c=share, cmap="viridis",
                                 vmin=0, vmax=1, s=8, alpha=0.7, linewidths=0)
             ax.set(xlabel=xlabel, ylabel="step time (ms)")
-        fig.colorbar(points, ax=axes, label="prefill share of tokens")
+        fig.colorbar(points, ax=axes, label="prefill share")
     return fig
 
 
@@ -126,7 +126,7 @@ def hit_rate_vs_capacity(points: pd.DataFrame, labels: pd.Series) -> Figure:
             g = group.sort_values("kv_capacity_blocks")
             axes[0].plot(g["kv_capacity_blocks"], 100 * g["prefix_hit_rate"], "o-",
                          color=color[label], label=label)
-        axes[0].set(xlabel="KV cache capacity (blocks)", ylabel="prefix hit rate (% of prompt tokens)")
+        axes[0].set(xlabel="KV cache capacity (blocks)", ylabel="prompt tokens hit (%)")
         axes[0].legend()
     return fig
 

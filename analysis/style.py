@@ -19,7 +19,7 @@ RC = {
     "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.6, "lines.linewidth": 1.5, "lines.markersize": 4,
     "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-    "savefig.bbox": "tight", "pdf.fonttype": 42,  # TrueType fonts: editable text in PDFs
+    "pdf.fonttype": 42,  # TrueType fonts: editable text in PDFs
 }
 PANEL_INCHES = (3.6, 2.6)
 
@@ -49,5 +49,6 @@ def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     with styled():
         fig.savefig(paths[0], dpi=150)
+        fig.set_layout_engine("none")  # keep the layout just computed; don't redo it for the PDF
         fig.savefig(paths[1])
     return paths

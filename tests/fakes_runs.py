@@ -163,7 +163,8 @@ KNOBS = {  # override key -> write_fake_run argument
 
 
 def write_fake_sweep(sweep_dir: Path, grid: dict[str, list], **run_kwargs) -> Path:
-    """A Hydra multirun directory: one numbered job per combination of `grid` values."""
+    """A Hydra multirun directory: one numbered job per combination of `grid` values, all
+    replaying the same trace."""
     sweep_dir = Path(sweep_dir)
     keys = list(grid)
     for job, values in enumerate(itertools.product(*grid.values())):
@@ -176,7 +177,7 @@ def write_fake_sweep(sweep_dir: Path, grid: dict[str, list], **run_kwargs) -> Pa
             kwargs[arg] = mapping[value] if isinstance(mapping, dict) else mapping(value)
             group, _, field = key.partition(".")
             config[group][field or ("kind" if group == "engine" else "name")] = value
-        write_fake_run(sweep_dir / str(job), seed=job, config=config,
+        write_fake_run(sweep_dir / str(job), config=config,
                        overrides=[f"{k}={v}" for k, v in zip(keys, values)], **kwargs)
     (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"mode": "MULTIRUN"}}))
     return sweep_dir
