@@ -10,6 +10,7 @@ import pytest
 from analysis import load_run, load_sweep, write_results
 from analysis.report import write_report
 from analysis.run import parse_override
+from testbed.metrics import times_from_tokens
 from fakes_runs import write_fake_run, write_fake_sweep
 from report_checks import assert_valid_figure, figure_names, markdown_tables, recomputed
 
@@ -76,6 +77,25 @@ def test_load_sweep(sweep_dir, tmp_path):
         assert row["ttft_p99_s"] == summary["ttft_p99_s"]
     back = pd.read_parquet(write_results(sweep, tmp_path))
     pd.testing.assert_frame_equal(back, sweep, check_dtype=False)
+
+
+def test_load_sweep_summarizes_a_run_that_left_no_summary(sweep_dir, tmp_path):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep_dir, copy, ignore=shutil.ignore_patterns("figures", "report.*"))
+    (copy / "2" / "summary.json").unlink()
+    got, want = load_sweep(copy), load_sweep(sweep_dir)
+    assert got.loc[2, "ttft_p99_s"] == pytest.approx(want.loc[2, "ttft_p99_s"])
+
+
+def test_token_times_agree_with_request_rows(run_dir):
+    run = load_run(run_dir)
+    from_tokens = times_from_tokens(run.tokens).set_index("request_id")
+    done = run.requests[run.requests["status"] == "finished"].set_index("request_id")
+    assert set(from_tokens.index) == set(done.index)
+    from_tokens = from_tokens.loc[done.index]
+    assert from_tokens["first_token_s"].tolist() == done["first_token_s"].tolist()
+    assert from_tokens["finish_s"].tolist() == done["finish_s"].tolist()
+    assert from_tokens["n_output_tokens"].tolist() == done["n_output_tokens"].tolist()
 
 
 def test_load_sweep_needs_runs(tmp_path):

@@ -225,3 +225,30 @@ def test_bad_rows_are_named(tmp_path):
 def test_read_run_needs_a_run_dir(tmp_path):
     with pytest.raises(ValueError, match="no run.json"):
         read_run(tmp_path)
+
+
+def test_request_row_from_a_sequence(tmp_path):
+    from testbed.metrics import SLO
+    from testbed.replay.recorder import request_row
+    from testbed.request import Request, SeqStatus, Sequence
+
+    seq = Sequence(0, Request("a", arrival_s=1.0, prompt_len=32, output_len=3, priority=2))
+    with pytest.raises(ValueError, match="'a' is still waiting"):
+        request_row(seq)
+    seq.status, seq.reason, seq.output_token_ids = SeqStatus.FINISHED, "length", [5, 6, 7]
+    seq.num_cached_tokens, seq.num_preemptions = 16, 1
+    seq.first_scheduled_s, seq.first_token_s, seq.finish_s = 1.5, 2.0, 3.0
+    row = request_row(seq, SLO(ttft_s=1.0, tpot_s=0.4))
+    assert set(row) == set(REQUEST_SCHEMA)
+    assert (row["ttft"], row["tpot"], row["e2e"], row["queue_s"]) == (1.0, 0.5, 2.0, 0.5)
+    assert row["slo_met"] is False  # TPOT 0.5 > 0.4
+    assert (row["priority"], row["n_output_tokens"], row["cached_prompt_tokens"]) == (2, 3, 16)
+    assert request_row(seq)["slo_met"] is None
+    rejected = Sequence(1, Request("b", 2.0, 10_000, 8), status=SeqStatus.REJECTED, reason="too long")
+    with Recorder(tmp_path) as rec:
+        rec.request(request_row(seq))
+        rec.request(request_row(rejected, SLO(e2e_s=5.0)))
+    requests = read_run(tmp_path).requests
+    assert requests["status"].tolist() == ["finished", "rejected"]
+    assert requests["slo_met"].isna().tolist() == [True, False]
+    assert math.isnan(requests["ttft"][1]) and requests["reason"][1] == "too long"

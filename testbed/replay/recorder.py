@@ -29,6 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from testbed.metrics import SLO, request_latencies
+from testbed.request import Sequence
+
 _I, _F, _S = pa.int64(), pa.float64(), pa.string()
 
 STEP_SCHEMA = {
@@ -129,6 +132,30 @@ def _extra_type(name: str, value: Any, table: _Table) -> pa.DataType:
         return pa.float64()
     raise ValueError(f"{table._where(0)}: extra field {name!r} must be a number or a string, "
                      f"got {type(value).__name__}")
+
+
+def request_row(seq: Sequence, slo: SLO | None = None) -> dict[str, Any]:
+    """The requests.parquet row of a finished, rejected or aborted sequence.
+
+    Latencies and `slo_met` come from `testbed.metrics`; `slo_met` is None without an SLO.
+    """
+    if not seq.status.is_done:
+        raise ValueError(f"request {seq.request.request_id!r} is still {seq.status.value}")
+    req = seq.request
+    lat = request_latencies(req.arrival_s, seq.first_scheduled_s, seq.first_token_s,
+                            seq.finish_s, seq.num_output_tokens)
+    status = seq.status.value
+    met = (bool(slo.is_met(status, lat["ttft"], lat["tpot"], lat["e2e"]))
+           if slo is not None and slo.limits else None)
+    return {
+        "request_id": req.request_id, "arrival_s": req.arrival_s, "prompt_len": req.prompt_len,
+        "output_len": req.output_len, "n_output_tokens": seq.num_output_tokens,
+        "cached_prompt_tokens": seq.num_cached_tokens, "first_scheduled_s": seq.first_scheduled_s,
+        "first_token_s": seq.first_token_s, "finish_s": seq.finish_s, "ttft": lat["ttft"],
+        "tpot": lat["tpot"], "e2e": lat["e2e"], "queue_s": lat["queue"],
+        "n_preemptions": seq.num_preemptions, "status": status, "reason": seq.reason,
+        "slo_met": met, "priority": req.priority,
+    }
 
 
 class Recorder:
