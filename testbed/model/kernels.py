@@ -1,8 +1,8 @@
 """The Qwen2 kernels, each in two versions chosen by `kernels="reference" | "fast"`.
 
 `reference` is written in plain `mlx.core` ops so it reads like the math; `fast` uses
-`mx.fast.*`, fused quantized matmuls and `mx.compile`. Tests hold the two equal, so a new
-fast kernel only has to match its reference.
+`mx.fast.*` and `mx.compile` (the linear layers, dense and quantized, live in `linear.py`).
+Tests hold the two equal, so a new fast kernel only has to match its reference.
 
 Shapes: token-major activations are [T, ...]; attention works on [B, heads, L, head_dim].
 """

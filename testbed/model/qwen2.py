@@ -14,8 +14,8 @@ from typing import Protocol
 import mlx.core as mx
 
 from testbed.model.config import ModelConfig
-from testbed.model.kernels import (Kernels, add_rms_norm, attention, check_kernels, rms_norm,
-                                   rope, swiglu)
+from testbed.model.kernels import Kernels, add_rms_norm, check_kernels, rms_norm, rope, swiglu
+from testbed.model.kernels import attention as attention_kernel
 from testbed.model.linear import Linear, QuantizedLinear
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
@@ -139,9 +139,9 @@ class Qwen2Model:
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None,
                scale: float) -> mx.array:
         """The attention kernel this model was built with, for AttentionFn backends."""
-        return attention(q, k, v, mask, scale, self.kernels)
+        return attention_kernel(q, k, v, mask, scale, self.kernels)
 
-    def __call__(self, token_ids: mx.array, positions: mx.array, attention_fn: AttentionFn,
+    def __call__(self, token_ids: mx.array, positions: mx.array, attention: AttentionFn,
                  logits_indices: mx.array | None = None) -> mx.array:
         """Logits float32 [N or T, vocab] for the flattened batch `token_ids` [T] at
         `positions` [T]; only rows `logits_indices` [N] are projected when given."""
@@ -152,7 +152,7 @@ class Qwen2Model:
         h = self.embed.rows(token_ids)
         x = rms_norm(h, self.layers[0].input_norm, cfg.rms_norm_eps, k)
         for i, layer in enumerate(self.layers):
-            a = self._self_attention(i, layer, x, positions, attention_fn)
+            a = self._self_attention(i, layer, x, positions, attention)
             h, x = add_rms_norm(a, h, layer.post_attention_norm, cfg.rms_norm_eps, k)
             m = layer.down_proj(swiglu(layer.gate_proj(x), layer.up_proj(x), k))
             next_norm = self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.norm
@@ -162,12 +162,12 @@ class Qwen2Model:
         return self.lm_head(x).astype(mx.float32)
 
     def _self_attention(self, index: int, layer: DecoderLayer, x: mx.array,
-                        positions: mx.array, attention_fn: AttentionFn) -> mx.array:
+                        positions: mx.array, attention: AttentionFn) -> mx.array:
         cfg, n = self.config, x.shape[0]
         q = layer.q_proj(x).reshape(n, cfg.num_attention_heads, cfg.head_dim)
         k = layer.k_proj(x).reshape(n, cfg.num_key_value_heads, cfg.head_dim)
         v = layer.v_proj(x).reshape(n, cfg.num_key_value_heads, cfg.head_dim)
         q = rope(q, positions, cfg.rope_theta, self.kernels)
         k = rope(k, positions, cfg.rope_theta, self.kernels)
-        out = attention_fn(index, q, k, v)
+        out = attention(index, q, k, v)
         return layer.o_proj(out.reshape(n, cfg.num_attention_heads * cfg.head_dim))
