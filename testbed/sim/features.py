@@ -46,22 +46,26 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(StepFeatures))
 
 def step_features(plan: StepPlan) -> StepFeatures:
     """Features of `plan`, computed before it runs."""
-    f = StepFeatures(n_seqs=len(plan.scheduled),
-                     n_swap_blocks=len(plan.swap_in) + len(plan.swap_out))
+    n_prefill = prefill_tokens = attn_work = prefill_sq = prefill_context = 0
+    n_decode = decode_context = n_samples = 0
     for s in plan.scheduled:
         seq, c = s.seq, s.num_new_tokens
         o = seq.num_computed_tokens
         prompt_len = seq.request.prompt_len
         samples = o + c == prompt_len + len(seq.output_token_ids)
-        f.n_samples += samples
+        n_samples += samples
         if c == 1 and samples and o >= prompt_len:
-            f.n_decode_seqs += 1
-            f.sum_decode_context += o + 1
+            n_decode += 1
+            decode_context += o + 1
         else:
-            f.n_prefill_seqs += 1
-            f.n_prefill_tokens += c
-            f.prefill_attn_work += c * o + c * (c + 1) // 2
-            f.sum_prefill_sq += c * c
-            f.sum_prefill_context += o + c
-    f.n_batched_tokens = f.n_prefill_tokens + f.n_decode_seqs
-    return f
+            n_prefill += 1
+            prefill_tokens += c
+            attn_work += c * o + c * (c + 1) // 2
+            prefill_sq += c * c
+            prefill_context += o + c
+    return StepFeatures(
+        n_seqs=n_prefill + n_decode, n_prefill_seqs=n_prefill, n_prefill_tokens=prefill_tokens,
+        prefill_attn_work=attn_work, sum_prefill_sq=prefill_sq, sum_prefill_context=prefill_context,
+        n_decode_seqs=n_decode, sum_decode_context=decode_context, n_samples=n_samples,
+        n_swap_blocks=len(plan.swap_in) + len(plan.swap_out),
+        n_batched_tokens=prefill_tokens + n_decode)

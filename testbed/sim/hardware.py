@@ -5,6 +5,7 @@ mappings of the fields below; every number is per device, in SI units (FLOP/s, b
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class HardwareProfile:
                              f"(it lists {', '.join(self.peak_flops)})") from None
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "hardware profile") -> "HardwareProfile":
+    def from_dict(cls, d: Mapping, source: str = "hardware profile") -> "HardwareProfile":
         """Build from a mapping; an unknown, missing or non-numeric key is a ValueError naming it."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
@@ -63,7 +64,7 @@ class HardwareProfile:
         kw = {k: _number(v, f"{source}: {k}", positive=k in _POSITIVE)
               for k, v in d.items() if k not in ("name", "peak_flops")}
         peak = d["peak_flops"]
-        if not isinstance(peak, dict) or not peak:
+        if not isinstance(peak, Mapping) or not peak:
             raise ValueError(f"{source}: peak_flops must map dtype -> FLOP/s, got {peak!r}")
         for dtype in peak:
             dtype_bytes(str(dtype))

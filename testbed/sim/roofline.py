@@ -30,7 +30,6 @@ from testbed.sim.base import COST_MODELS
 from testbed.sim.features import StepFeatures
 from testbed.sim.hardware import HardwareProfile, dtype_bytes
 
-
 _PARTS = ("linear", "prefill_attention", "decode_attention", "lm_head")
 
 
@@ -47,6 +46,8 @@ class Component:
 
 @COST_MODELS.register("roofline")
 class RooflineCostModel:
+    """Step seconds of `model` in `dtype` on `hardware`, split over `tensor_parallel` devices."""
+
     def __init__(self, model: ModelConfig, hardware: HardwareProfile, dtype: str = "bfloat16",
                  tensor_parallel: int = 1):
         tp = tensor_parallel
