@@ -133,11 +133,19 @@ def stat_key(metric: str, stat: str) -> str:
 
 def summarize(requests: pd.DataFrame, steps: pd.DataFrame, tokens: pd.DataFrame | None = None,
               slo: SLO | None = None) -> dict[str, float | int | None]:
-    """The flat, JSON-friendly summary of one run (NaN becomes None)."""
+    """The flat, JSON-friendly summary of one run (NaN becomes None; every key always there).
+
+    Besides the module's definitions: `prefix_hit_rate` is cached prompt tokens over prompt
+    tokens of admitted (not rejected) requests, counted at first admission, so it lies in
+    [0, 1]; `prefix_hit_tokens` sums the steps' hits, re-admissions after preemption
+    included. KV use is a fraction of the capacity (used + free blocks) per step; its mean
+    and the batch sizes are means over steps.
+    """
     _require(requests, SUMMARY_REQUEST_COLUMNS, "requests")
     _require(steps, SUMMARY_STEP_COLUMNS, "steps")
     status = requests["status"].to_numpy()
-    done = requests[status == "finished"]
+    finished = status == "finished"
+    done = requests[finished]
     lat = latencies(*(requests[c] for c in REQUEST_TIME_COLUMNS), requests["n_output_tokens"])
 
     out: dict[str, Any] = {
@@ -159,7 +167,6 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame, tokens: pd.DataFrame 
     out["throughput_output_tok_s"] = _per(output_tokens, duration)
     out["throughput_total_tok_s"] = _per(prompt_tokens + output_tokens, duration)
 
-    finished = status == "finished"
     for metric in ("ttft", "tpot", "e2e", "queue", "norm_latency"):
         _put_stats(out, metric, lat[metric][finished])
     itl = (inter_token_latencies(tokens, done["request_id"]) if tokens is not None
@@ -279,7 +286,7 @@ def summary_tables(summary: dict[str, Any]) -> list[Table]:
 
     latency_rows = tuple(
         (LATENCY_LABELS[m], *(format_number(summary.get(stat_key(m, s))) for s in STATS))
-        for m in ("ttft", "tpot", "itl", "e2e", "queue", "norm_latency"))
+        for m in LATENCIES)
     return [kv("Requests and throughput", OVERVIEW_ROWS),
             Table("Latency", ("metric", *STATS), latency_rows),
             kv("Engine", ENGINE_ROWS)]

@@ -191,8 +191,21 @@ def test_fail_survives_a_bad_buffered_row(tmp_path):
     rec = Recorder(tmp_path)
     rec.start({})
     rec.step(step_row(0, n_seqs="three"))
+    rec.request(request_row(0))
     rec.fail("crashed")
-    assert read_run(tmp_path).meta["status"].startswith("failed: crashed; and could not flush")
+    run = read_run(tmp_path)
+    assert run.meta["status"].startswith("failed: crashed; and could not flush: steps.parquet")
+    assert len(run.requests) == 1  # the other tables are still saved
+
+
+def test_close_with_a_bad_row_marks_the_run_failed(tmp_path):
+    rec = Recorder(tmp_path)
+    rec.start({})
+    rec.step(step_row(0, n_seqs="three"))
+    with pytest.raises(ValueError, match="n_seqs"):
+        rec.close(summary={"x": 1})
+    assert read_run(tmp_path).meta["status"].startswith("failed: could not write the tables")
+    assert not (tmp_path / "summary.json").exists()
 
 
 def test_bad_rows_are_named(tmp_path):

@@ -76,8 +76,9 @@ class _Table:
     def flush(self) -> None:
         if not self.rows:
             return
-        rows, self.rows = self.rows, []
+        rows = self.rows
         self._write(pa.table({f.name: self._column(f, rows) for f in self.schema}, schema=self.schema))
+        self.rows = []
 
     def write_empty_if_none(self) -> None:
         """Leave a readable (empty) table behind when no row ever came."""
@@ -101,7 +102,15 @@ class _Table:
         if extra and not self.extras:
             raise ValueError(f"{self._where(0)} has unknown field(s) {extra}; "
                              f"known: {list(self.known)}")
-        return pa.schema([*self.known.items(), *((n, _extra_type(n, row[n], self)) for n in extra)])
+        return pa.schema([*self.known.items(), *((n, self._extra_type(n, row[n])) for n in extra)])
+
+    def _extra_type(self, name: str, value: Any) -> pa.DataType:
+        if isinstance(value, str):
+            return pa.string()
+        if isinstance(value, (int, float, np.integer, np.floating)):
+            return pa.float64()
+        raise ValueError(f"{self._where(0)}: extra field {name!r} must be a number or a string, "
+                         f"got {type(value).__name__}")
 
     def _reject_keys(self, row: dict[str, Any]) -> None:
         names = set(self.schema.names)
@@ -123,15 +132,6 @@ class _Table:
 
     def _where(self, index: int) -> str:
         return f"{self.directory.name} row {index}"
-
-
-def _extra_type(name: str, value: Any, table: _Table) -> pa.DataType:
-    if isinstance(value, str):
-        return pa.string()
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return pa.float64()
-    raise ValueError(f"{table._where(0)}: extra field {name!r} must be a number or a string, "
-                     f"got {type(value).__name__}")
 
 
 def request_row(seq: Sequence, slo: SLO | None = None) -> dict[str, Any]:
@@ -217,24 +217,25 @@ class Recorder:
             self.flush()
             for table in self._tables():
                 table.write_empty_if_none()
-        finally:
-            self.closed = True
-            if summary is not None:
-                _write_json(self.run_dir / "summary.json", summary)
-            self.meta.update(status=status, end_time=_now(), counts=self.counts())
-            _write_json(self.run_dir / "run.json", self.meta)
+        except (ValueError, OSError) as e:
+            self._finish(f"failed: could not write the tables: {e}")
+            raise
+        if summary is not None:
+            _write_json(self.run_dir / "summary.json", summary)
+        self._finish(status)
 
     def fail(self, reason: str) -> None:
         """Save what there is and mark the run `failed: <reason>`."""
         self._check_open()
-        try:
-            self.flush()
-        except Exception as e:  # a bad buffered row must not hide the failure being recorded
-            reason = f"{reason}; and could not flush: {e}"
-        finally:
-            self.closed = True
-            self.meta.update(status=f"failed: {reason}", end_time=_now(), counts=self.counts())
-            _write_json(self.run_dir / "run.json", self.meta)
+        problems = []
+        for table in self._tables():
+            try:
+                table.flush()
+            except (ValueError, OSError) as e:  # must not hide the failure being recorded
+                problems.append(str(e))
+        if problems:
+            reason += "; and could not flush: " + "; ".join(problems)
+        self._finish(f"failed: {reason}")
 
     def counts(self) -> dict[str, int]:
         """Rows seen so far: requests by status, steps, output tokens."""
@@ -255,6 +256,11 @@ class Recorder:
         else:
             self.fail(f"{exc_type.__name__}: {exc}")
         return False
+
+    def _finish(self, status: str) -> None:
+        self.closed = True
+        self.meta.update(status=status, end_time=_now(), counts=self.counts())
+        _write_json(self.run_dir / "run.json", self.meta)
 
     def _add(self, table: _Table, row: dict[str, Any]) -> None:
         self._check_open()
