@@ -1,0 +1,132 @@
+"""Contiguous reservation (the pre-paging baseline, Orca / FasterTransformer): at its first
+allocation a sequence reserves one run of adjacent blocks for its maximum length
+(prompt + output_len), whatever it will really use. No sharing.
+
+This shows both kinds of waste paging removes: reserved-but-unused tokens inside a run
+(internal fragmentation) and free blocks split into runs too short for the next request
+(external fragmentation; first fit).
+"""
+from __future__ import annotations
+
+import bisect
+
+from testbed.kv.base import KVStats, cdiv, check_pool_sizes, too_big_reason
+from testbed.kv.host import HostPool
+from testbed.request import Sequence
+
+
+class ContiguousKVManager:
+    def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0):
+        check_pool_sizes(num_blocks, block_size, num_host_blocks)
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_host_blocks = num_host_blocks
+        self._run_starts = [0]  # free runs, sorted by start
+        self._run_lengths = {0: num_blocks}
+        self._num_used = 0
+        self._host = HostPool(num_host_blocks)
+        self.stats = KVStats()
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self._num_used
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.num_blocks - self._num_used
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return self._host.num_free
+
+    @property
+    def largest_free_run(self) -> int:
+        return max(self._run_lengths.values(), default=0)
+
+    def can_ever_fit(self, seq: Sequence) -> str | None:
+        return too_big_reason(seq, self._reservation(seq), self.num_blocks, self.block_size)
+
+    def lookup(self, seq: Sequence) -> int:
+        return 0
+
+    def allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        if seq.block_table:
+            if num_tokens > len(seq.block_table) * self.block_size:
+                raise ValueError(f"sequence {seq.seq_id}: {num_tokens} tokens exceed its "
+                                 f"reservation of {len(seq.block_table)} blocks")
+            return True
+        if not self._reserve(seq):
+            return False
+        if seq.num_preemptions == 0:
+            self.stats.queried_tokens += seq.prompt_len
+        return True
+
+    def commit(self, seq: Sequence) -> None:
+        """Nothing is shared, so nothing to register."""
+
+    def free(self, seq: Sequence) -> None:
+        self._release(seq)
+        self._host.release(seq.seq_id)
+
+    def swap_out(self, seq: Sequence) -> list[tuple[int, int]] | None:
+        device = seq.block_table[:cdiv(seq.num_computed_tokens, self.block_size)]
+        host = self._host.store(seq.seq_id, len(device))
+        if host is None:
+            return None
+        self._release(seq)
+        self.stats.swapped_out_blocks += len(device)
+        return list(zip(device, host))
+
+    def swap_in(self, seq: Sequence) -> list[tuple[int, int]] | None:
+        host = self._host.table(seq.seq_id)
+        if seq.block_table:
+            raise ValueError(f"sequence {seq.seq_id} is swapped out but holds device blocks")
+        if not self._reserve(seq):
+            return None
+        pairs = list(zip(host, seq.block_table))
+        self._host.release(seq.seq_id)
+        self.stats.swapped_in_blocks += len(pairs)
+        return pairs
+
+    def _reservation(self, seq: Sequence) -> int:
+        return cdiv(seq.max_tokens, self.block_size)
+
+    def _reserve(self, seq: Sequence) -> bool:
+        """First fit: the lowest free run long enough for the whole reservation."""
+        need = self._reservation(seq)
+        for start in self._run_starts:
+            length = self._run_lengths[start]
+            if length >= need:
+                break
+        else:
+            return False
+        del self._run_lengths[start]
+        self._run_starts.remove(start)
+        if length > need:
+            bisect.insort(self._run_starts, start + need)
+            self._run_lengths[start + need] = length - need
+        seq.block_table[:] = range(start, start + need)
+        self._num_used += need
+        self.stats.allocated_blocks += need
+        self.stats.peak_used_blocks = max(self.stats.peak_used_blocks, self._num_used)
+        return True
+
+    def _release(self, seq: Sequence) -> None:
+        """Give the run back, merged with free neighbours."""
+        table = seq.block_table
+        if not table:
+            return
+        start, length = table[0], len(table)
+        table.clear()
+        self._num_used -= length
+        self.stats.freed_blocks += length
+        i = bisect.bisect_left(self._run_starts, start)
+        after = start + length
+        if after in self._run_lengths:  # the next free run starts right after ours
+            length += self._run_lengths.pop(after)
+            del self._run_starts[i]
+        if i and (before := self._run_starts[i - 1]) + self._run_lengths[before] == start:
+            self._run_lengths[before] += length
+        else:
+            self._run_starts.insert(i, start)
+            self._run_lengths[start] = length

@@ -1,0 +1,162 @@
+"""Paged KV blocks (vLLM): a sequence holds `ceil(tokens / block_size)` blocks, taken on demand.
+
+`PagedKVManager` does no sharing. It is also the base of the prefix-caching managers, which
+fill in `_match` (cached blocks a new sequence can reuse), `commit` and `_on_unused` (what
+happens to a block nobody uses any more).
+"""
+from __future__ import annotations
+
+from testbed.kv.base import KVStats, cdiv, check_pool_sizes, too_big_reason
+from testbed.kv.block import Block
+from testbed.kv.host import HostPool
+from testbed.request import Sequence
+
+
+class PagedKVManager:
+    def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0):
+        check_pool_sizes(num_blocks, block_size, num_host_blocks)
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_host_blocks = num_host_blocks
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self._free = list(range(num_blocks - 1, -1, -1))  # uncached unused blocks; pop() gives 0 first
+        self._host = HostPool(num_host_blocks)
+        self._num_used = 0
+        self._tick = 0  # logical clock for eviction order
+        self.stats = KVStats()
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self._num_used
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks a new allocation can get: never handed out, or cached but unused (evictable)."""
+        return self.num_blocks - self._num_used
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return self._host.num_free
+
+    def can_ever_fit(self, seq: Sequence) -> str | None:
+        return too_big_reason(seq, cdiv(seq.max_tokens, self.block_size), self.num_blocks,
+                              self.block_size)
+
+    def lookup(self, seq: Sequence) -> int:
+        return len(self._match(seq)) * self.block_size
+
+    def allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        table = seq.block_table
+        if table or seq.num_computed_tokens:
+            need = cdiv(num_tokens, self.block_size) - len(table)
+            if need <= 0:
+                return True
+            if need > self.num_blocks - self._num_used:
+                return False
+            self._extend(table, need)
+            return True
+        hits = self._match(seq)
+        need = cdiv(num_tokens, self.block_size) - len(hits)
+        if need < 0:
+            raise ValueError(f"sequence {seq.seq_id}: allocate({num_tokens}) covers less than its "
+                             f"{len(hits) * self.block_size} cached tokens")
+        unused_hits = sum(1 for b in hits if b.ref_count == 0)  # they stop counting as free
+        if need > self.num_blocks - self._num_used - unused_hits:
+            return False
+        for block in hits:
+            self._acquire(block)
+            block.hits += 1
+            table.append(block.block_id)
+        self._extend(table, need)
+        self._on_admitted(seq, len(hits))
+        if seq.num_preemptions == 0:
+            self.stats.queried_tokens += seq.prompt_len
+            self.stats.hit_tokens += len(hits) * self.block_size
+        return True
+
+    def commit(self, seq: Sequence) -> None:
+        """Nothing to register without a prefix cache."""
+
+    def free(self, seq: Sequence) -> None:
+        self._release_all(seq)
+        self._host.release(seq.seq_id)
+        self._forget(seq)
+
+    def swap_out(self, seq: Sequence) -> list[tuple[int, int]] | None:
+        table = seq.block_table
+        device = table[:cdiv(seq.num_computed_tokens, self.block_size)]
+        host = self._host.store(seq.seq_id, len(device))
+        if host is None:
+            return None
+        self._release_all(seq)
+        self.stats.swapped_out_blocks += len(device)
+        return list(zip(device, host))
+
+    def swap_in(self, seq: Sequence) -> list[tuple[int, int]] | None:
+        host = self._host.table(seq.seq_id)
+        if seq.block_table:
+            raise ValueError(f"sequence {seq.seq_id} is swapped out but holds device blocks")
+        if len(host) > self.num_blocks - self._num_used:
+            return None
+        self._extend(seq.block_table, len(host))
+        self._host.release(seq.seq_id)
+        self._on_swapped_in(seq)
+        self.stats.swapped_in_blocks += len(host)
+        return list(zip(host, seq.block_table))
+
+    # -- block life cycle ------------------------------------------------------------------
+
+    def _extend(self, table: list[int], count: int) -> None:
+        for _ in range(count):
+            block = self._take_block()
+            block.ref_count = 1
+            table.append(block.block_id)
+        self._num_used += count
+        self.stats.allocated_blocks += count
+        if self._num_used > self.stats.peak_used_blocks:
+            self.stats.peak_used_blocks = self._num_used
+
+    def _acquire(self, block: Block) -> None:
+        if block.ref_count == 0:
+            self._num_used += 1
+            if self._num_used > self.stats.peak_used_blocks:
+                self.stats.peak_used_blocks = self._num_used
+        block.ref_count += 1
+
+    def _release(self, block: Block) -> None:
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self._num_used -= 1
+            self.stats.freed_blocks += 1
+            self._tick += 1
+            block.last_access = self._tick
+            self._on_unused(block)
+
+    def _release_all(self, seq: Sequence) -> None:
+        # Tail first: under LRU a sequence's last blocks (the least shared) go before its prefix.
+        blocks = self.blocks
+        for block_id in reversed(seq.block_table):
+            self._release(blocks[block_id])
+        seq.block_table.clear()
+
+    # -- hooks for the prefix-caching managers ---------------------------------------------
+
+    def _match(self, seq: Sequence) -> list[Block]:
+        """Cached blocks holding the leading full blocks of `seq`, as many as may be reused."""
+        return []
+
+    def _take_block(self) -> Block:
+        """An unused block for fresh content (callers checked that one exists)."""
+        return self.blocks[self._free.pop()]
+
+    def _on_unused(self, block: Block) -> None:
+        self._free.append(block.block_id)
+
+    def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
+        """`seq` just got its first blocks, the first `num_cached_blocks` of them from the cache."""
+
+    def _on_swapped_in(self, seq: Sequence) -> None:
+        """`seq` got fresh device blocks holding its swapped-in content."""
+
+    def _forget(self, seq: Sequence) -> None:
+        """Drop whatever is remembered about `seq` (it holds no block any more)."""

@@ -1,0 +1,25 @@
+"""Static (request-level) batching, as FasterTransformer: when nothing runs, take up to
+`max_num_seqs` waiting requests whose prompts fit one step's budget and whose maximum
+length can be reserved, prefill them together, then decode until every one of them has
+finished. Arrivals in the meantime wait for the whole batch."""
+from __future__ import annotations
+
+from testbed.plan import StepPlan
+from testbed.request import Sequence
+from testbed.sched.base import SCHEDULERS, BaseScheduler
+
+
+@SCHEDULERS.register("static")
+class StaticScheduler(BaseScheduler):
+    chunked_prefill = False
+
+    def schedule(self, now: float) -> StepPlan:
+        step = self._new_step(now)
+        if self.running:
+            self._schedule_running(step)
+        else:
+            self._schedule_waiting(step)
+        return step.plan
+
+    def _admission_tokens(self, seq: Sequence, num_tokens: int) -> int:
+        return seq.max_tokens
