@@ -12,6 +12,7 @@ from gguf import GGUFReader, LlamaFileType
 
 from testbed.model.config import ModelConfig
 from testbed.tokenizer import Tokenizer, tokenizer_from_gguf_vocab
+from testbed.tokenizer.build import GGUF_TOKEN_CONTROL
 from testbed.weights.gguf_dequant import dequantize
 from testbed.weights.layout import check_shapes, expected_shapes
 from testbed.weights.loaded import LoadedModel, mlx_dtype
@@ -83,7 +84,8 @@ def config_from_metadata(meta: _Metadata, has_output: bool, name: str) -> ModelC
         num_attention_heads=heads,
         num_key_value_heads=meta.get("qwen2.attention.head_count_kv", heads),
         vocab_size=len(meta.require("tokenizer.ggml.tokens")),
-        rope_theta=_float32_value(meta.get("qwen2.rope.freq_base", 1_000_000.0)),
+        # Absent keys take llama.cpp's (and transformers' Qwen2Config) defaults.
+        rope_theta=_float32_value(meta.get("qwen2.rope.freq_base", 10_000.0)),
         rms_norm_eps=_float32_value(meta.get("qwen2.attention.layer_norm_rms_epsilon", 1e-6)),
         tie_word_embeddings=not has_output,
         max_position_embeddings=meta.get("qwen2.context_length", 32768),
@@ -103,7 +105,7 @@ def tokenizer_from_metadata(meta: _Metadata) -> Tokenizer:
     special_ids = {key: value for key, value in special_ids.items() if value is not None}
     eos = [meta.get(f"tokenizer.ggml.{key}_token_id") for key in ("eos", "eot", "eom")]
     eos += [i for i, (t, kind) in enumerate(zip(tokens, types))
-            if kind == 3 and t in _END_OF_TURN_TOKENS]
+            if kind == GGUF_TOKEN_CONTROL and t in _END_OF_TURN_TOKENS]
     return tokenizer_from_gguf_vocab(
         tokens, types, meta.require("tokenizer.ggml.merges"),
         eos_token_ids=[i for i in eos if i is not None], special_token_ids=special_ids,
