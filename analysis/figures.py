@@ -68,8 +68,8 @@ def latency_vs_rate(points: pd.DataFrame, labels: pd.Series) -> Figure:
                 ax.axhline(limit.iloc[0], color="black", lw=1, ls=":", label="SLO")
             ax.set(xlabel="offered load (req/s)", ylabel=f"{name} (s)")
         axes[3].set(xlabel="offered load (req/s)", ylabel="completed (req/s)")
-        for ax in axes:
-            ax.legend(fontsize=6)
+        axes[0].legend(fontsize=6)  # the latency panels share line styles
+        axes[3].legend(fontsize=6)
     return fig
 
 
