@@ -168,6 +168,26 @@ def test_offline_hub_error_says_how_to_get_files(tmp_path):
     assert "dummy:<name>" in out
 
 
+def test_hub_repo_served_from_cache(tmp_path):
+    """A repo id already in the hub cache loads offline, from its snapshot directory."""
+    snapshot = tmp_path / "hf" / "hub" / "models--acme--tiny-qwen2" / "snapshots" / ("ab" * 20)
+    state = save_tiny_qwen2(snapshot, tied=False)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("ab" * 20)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_CACHE", None)
+    code = ("import numpy as np\nfrom testbed.weights import load_model\n"
+            "m = load_model('acme/tiny-qwen2')\n"
+            "np.savez(%r, **{k: np.array(v) for k, v in m.weights.items()})\nprint(m.source)\n"
+            % str(tmp_path / "loaded.npz"))
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"HF dir {snapshot}"
+    loaded = np.load(tmp_path / "loaded.npz")
+    assert set(loaded.files) == set(state) and all(np.array_equal(loaded[k], state[k]) for k in state)
+
+
 def test_dummy_weights():
     loaded = load_model("dummy:qwen2-small", dtype="bfloat16")
     config = named_config("qwen2-small")
