@@ -9,6 +9,7 @@ run directory, prints the summary, and renders the report with figures.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -89,6 +90,7 @@ def _main(cfg: DictConfig) -> float | None:
             print(f"  {name:18s} {(run_dir / name).resolve()}")
     if cfg.get("report", True):
         from analysis.report import write_report
+        logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatter
         report = write_report(run_dir)
         print(f"  {'report':18s} {Path(report).resolve()}")
         print(f"  {'figures':18s} {(Path(report).parent / 'figures').resolve()}")

@@ -15,8 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from testbed.engine.engine import Engine, StepOutput
-from testbed.metrics import SLO, request_latencies
-from testbed.replay.recorder import Recorder
+from testbed.metrics import SLO
+from testbed.replay.recorder import Recorder, request_row
 from testbed.request import Request, Sequence
 
 
@@ -97,24 +97,6 @@ def step_row(out: StepOutput, engine: Engine, prefix_hit_tokens: int) -> dict:
         "n_waiting": sched.num_waiting, "n_running": sched.num_running,
         "n_swapped": sched.num_swapped,
         **f.as_dict(),
-    }
-
-
-def request_row(seq: Sequence, slo: SLO | None = None) -> dict:
-    r = seq.request
-    n_out = seq.num_output_tokens
-    lat = request_latencies(r.arrival_s, seq.first_scheduled_s, seq.first_token_s,
-                            seq.finish_s, n_out)
-    status = seq.status.value
-    met = slo.is_met(status, lat["ttft"], lat["tpot"], lat["e2e"]) if slo else status == "finished"
-    return {
-        "request_id": r.request_id, "arrival_s": r.arrival_s, "prompt_len": r.prompt_len,
-        "output_len": r.output_len, "n_output_tokens": n_out,
-        "cached_prompt_tokens": seq.num_cached_tokens,
-        "first_scheduled_s": seq.first_scheduled_s, "first_token_s": seq.first_token_s,
-        "finish_s": seq.finish_s, "ttft": lat["ttft"], "tpot": lat["tpot"], "e2e": lat["e2e"],
-        "queue_s": lat["queue"], "n_preemptions": seq.num_preemptions, "status": status,
-        "reason": seq.reason, "slo_met": bool(met), "priority": r.priority,
     }
 
 
