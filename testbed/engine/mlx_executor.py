@@ -37,8 +37,12 @@ class MLXExecutor:
         t1 = time.perf_counter()
         logits = self.model(mx.array(tokens), mx.array(positions), attention,
                             logits_indices=logits_rows)
-        sampled = self.sampler([s.seq for _, s in samplers], logits)
-        mx.eval(sampled, *self.pool.arrays())
+        if samplers:  # a step of mid-prompt chunks only fills the cache
+            sampled = self.sampler([s.seq for _, s in samplers], logits)
+            mx.eval(sampled, *self.pool.arrays())
+        else:
+            sampled = mx.array([], dtype=mx.int32)
+            mx.eval(logits, *self.pool.arrays())
         t2 = time.perf_counter()
         ids = sampled.tolist()
         out = {s.seq.seq_id: int(t) for (_, s), t in zip(samplers, ids)}
