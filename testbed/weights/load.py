@@ -6,7 +6,6 @@ from pathlib import Path
 
 from testbed.tokenizer import Tokenizer
 from testbed.weights.dummy import dummy_tokenizer, load_dummy
-from testbed.weights.gguf_file import load_gguf, load_gguf_tokenizer
 from testbed.weights.hf_dir import load_hf_dir, load_hf_tokenizer
 from testbed.weights.hf_hub import resolve_hub_repo
 from testbed.weights.loaded import LoadedModel
@@ -42,6 +41,7 @@ def load_model(spec: str, *, dtype: str = "float32") -> LoadedModel:
     if kind == "dummy":
         return load_dummy(spec.removeprefix(DUMMY_PREFIX), dtype)
     if kind == "gguf":
+        from testbed.weights.gguf_file import load_gguf  # the gguf package only when needed
         return load_gguf(Path(spec).expanduser(), dtype)
     if kind == "hub":
         return load_hf_dir(resolve_hub_repo(spec), dtype)
@@ -55,6 +55,7 @@ def load_tokenizer(spec: str) -> Tokenizer | None:
     if kind == "dummy":
         return dummy_tokenizer(spec.removeprefix(DUMMY_PREFIX))
     if kind == "gguf":
+        from testbed.weights.gguf_file import load_gguf_tokenizer
         return load_gguf_tokenizer(Path(spec).expanduser())
     if kind == "hub":
         return load_hf_tokenizer(resolve_hub_repo(spec))
