@@ -39,6 +39,7 @@ class Workload:
     num_host_blocks: int
     config: SchedulerConfig
     shared_outputs: bool
+    aborts: dict[int, int]  # step -> index of the request a client abandons then
 
 
 @st.composite
@@ -81,8 +82,9 @@ def workloads(draw) -> Workload:
         predictor=draw(st.sampled_from(["oracle", "learned"])), predictor_default_len=4,
         mlfq_levels=3, mlfq_base_quantum=2, mlfq_join_tokens=8, mlfq_starvation_s=0.3,
         lpm_max_sorted=draw(st.sampled_from([0, 128])))
+    aborts = draw(st.dictionaries(st.integers(0, 60), st.integers(0, n - 1), max_size=2))
     return Workload(requests, B, num_blocks, draw(st.integers(0, largest)), config,
-                    draw(st.booleans()))
+                    draw(st.booleans()), aborts)
 
 
 def expected_rejection(req: Request, w: Workload, chunked: bool) -> bool:
@@ -108,10 +110,17 @@ class Harness:
         self.live: dict[int, Sequence] = {}
         self.ended: dict[int, Sequence] = {}
         self.preemptions = 0
+        self.aborted: set[int] = set()
 
     def run(self) -> None:
         pending, now = deque(self.seqs), 0.0
-        for _ in range(MAX_STEPS):
+        for step in range(MAX_STEPS):
+            victim = self.seqs[self.w.aborts[step]] if step in self.w.aborts else None
+            if victim is not None and victim.seq_id in self.live:
+                assert self.sched.abort(victim.seq_id, now) is victim
+                self.aborted.add(victim.seq_id)
+                del self.live[victim.seq_id]  # to be reported by the next update
+                self.check_blocks()
             while pending and pending[0].request.arrival_s <= now:
                 seq = pending.popleft()
                 self.live[seq.seq_id] = seq
@@ -129,8 +138,9 @@ class Harness:
             result = self.executor.run_model(plan) if not plan.is_empty else StepResult({}, 0.0)
             now += result.seconds
             for seq in self.sched.update(plan, result, now):
-                assert seq.status.is_done and not seq.block_table
-                self.ended[seq.seq_id] = self.live.pop(seq.seq_id)
+                assert seq.status.is_done and not seq.block_table and seq.seq_id not in self.ended
+                self.ended[seq.seq_id] = seq
+                self.live.pop(seq.seq_id, None)
             self.check_blocks()
         else:
             pytest.fail(f"no end after {MAX_STEPS} steps: {self.sched.num_waiting} waiting, "
@@ -215,6 +225,9 @@ class Harness:
         chunked = self.sched.chunked
         for seq in self.seqs:
             req = seq.request
+            if seq.seq_id in self.aborted:
+                assert seq.status is SeqStatus.ABORTED and seq.reason == "aborted"
+                continue
             rejected = expected_rejection(req, self.w, chunked)
             if rejected:
                 assert seq.status is SeqStatus.REJECTED and seq.reason

@@ -95,6 +95,8 @@ class BaseScheduler:
         self._num_swapped = 0
         self._live: dict[int, Sequence] = {}
         self._done: list[Sequence] = []  # ended since the last update()
+        self._in_flight: set[int] = set()  # scheduled by the last schedule(), until its update()
+        self._free_after_step: list[Sequence] = []  # aborted while in flight: the executor reads their blocks
 
     # -- the Scheduler protocol ----------------------------------------------------------------
 
@@ -132,9 +134,14 @@ class BaseScheduler:
         if not step.preempted_any:
             self._order_waiting()
             self._schedule_waiting(step)
+        self._in_flight = step.scheduled_ids
         return step.plan
 
     def update(self, plan: StepPlan, result: StepResult, now: float) -> list[Sequence]:
+        for seq in self._free_after_step:
+            self.kv.free(seq)
+        self._free_after_step.clear()
+        self._in_flight = set()
         tokens, commit = result.tokens, self.kv.commit
         finished_any = False
         for item in plan.scheduled:
@@ -176,7 +183,10 @@ class BaseScheduler:
             self.waiting.remove(seq)
             if seq.status is SWAPPED:
                 self._num_swapped -= 1
-        self.kv.free(seq)
+        if seq.seq_id in self._in_flight:
+            self._free_after_step.append(seq)
+        else:
+            self.kv.free(seq)
         self._end(seq, SeqStatus.ABORTED, "aborted", now)
         return seq
 
