@@ -1,0 +1,77 @@
+"""Where a step's time goes in our engine: host (plan -> arrays -> graph) vs device (eval),
+per step kind, for one batch of equal prompts.
+
+    python benchmarks/profile_steps.py --model qwen2-0.5b --dtype bfloat16 --batch 64 \
+        --prompt-len 512 --gen-len 64
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import testbed  # noqa: E402,F401
+import mlx.core as mx  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.throughput import ours_runner  # noqa: E402,F401
+from testbed.engine.engine import Engine  # noqa: E402
+from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
+from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402
+from testbed.kv import make_kv_manager  # noqa: E402
+from testbed.model.qwen2 import Qwen2Model  # noqa: E402
+from testbed.model.sampling import sample_sequences  # noqa: E402
+from testbed.request import Request, SamplingParams  # noqa: E402
+from testbed.sched import make_scheduler  # noqa: E402
+from testbed.weights import load_model  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="qwen2-0.5b")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--kernels", default="fast")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=512)
+    ap.add_argument("--gen-len", type=int, default=64)
+    args = ap.parse_args()
+    loaded = load_model(f"dummy:{args.model}", dtype=args.dtype)
+    model = Qwen2Model(loaded.config, loaded.weights, dtype=args.dtype, kernels=args.kernels)
+    bs = 16
+    blocks = args.batch * -(-(args.prompt_len + args.gen_len) // bs) + 8
+    kv = make_kv_manager("paged", blocks, bs)
+    sched = make_scheduler("vllm", {"max_num_seqs": args.batch, "max_num_batched_tokens": 8192,
+                                    "max_model_len": args.prompt_len + args.gen_len}, kv)
+    engine = Engine(sched, MLXExecutor(model, PagedKVPool(model.config, blocks, bs, args.dtype),
+                                       sample_sequences))
+    rng = np.random.default_rng(0)
+    for i in range(args.batch):
+        p = rng.integers(0, loaded.config.vocab_size, args.prompt_len).tolist()
+        engine.add_request(Request(str(i), 0.0, len(p), args.gen_len, prompt_token_ids=p,
+                                   sampling=SamplingParams(ignore_eos=True)))
+    rows = []
+    start = time.perf_counter()
+    while engine.has_unfinished:
+        t0 = time.perf_counter()
+        out = engine.step()
+        rows.append((out.features.n_prefill_tokens, out.features.n_decode_seqs,
+                     out.result.host_seconds, out.result.device_seconds,
+                     time.perf_counter() - t0))
+    total = time.perf_counter() - start
+    r = np.array(rows, dtype=float)
+    decode = r[(r[:, 0] == 0)]
+    prefill = r[(r[:, 0] > 0)]
+    print(f"{args.model} {args.dtype} batch {args.batch}: {len(r)} steps, {total:.2f} s, "
+          f"{args.batch * args.gen_len / total:.1f} tok/s")
+    for name, part in (("prefill", prefill), ("decode", decode)):
+        if len(part):
+            print(f"  {name:7s} steps {len(part):4d}  mean total {part[:, 4].mean() * 1e3:8.2f} ms"
+                  f"  executor host {part[:, 2].mean() * 1e3:7.2f} ms"
+                  f"  device {part[:, 3].mean() * 1e3:7.2f} ms"
+                  f"  scheduler+rest {(part[:, 4] - part[:, 2] - part[:, 3]).mean() * 1e3:6.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
