@@ -5,26 +5,19 @@ resident until an eviction policy picks them.
 `CachingKVManager` holds what both index shapes share: per-sequence block keys, the commit
 of newly full blocks, reference counts and eviction. Subclasses say how the index is
 organised (`_find`, `_insert`, `_remove`) and which unused blocks may be evicted.
+
+A sequence's block keys are computed lazily and remembered in its `policy_state` (a waiting
+sequence is looked up at every step), so they live exactly as long as the sequence.
 """
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 
 from testbed.kv.block import Block
 from testbed.kv.block_keys import block_content_key, check_block_hashes
 from testbed.kv.eviction import Evictor
 from testbed.kv.paged import PagedKVManager
 from testbed.request import Sequence
-
-
-@dataclass(slots=True)
-class _SeqKeys:
-    """Index keys of one sequence's leading full blocks (computed lazily, kept while it lives)
-    and how many of its blocks are committed (in the index, or replaced by an indexed twin)."""
-
-    keys: list = field(default_factory=list)
-    committed: int = 0
 
 
 class CachingKVManager(PagedKVManager):
@@ -34,7 +27,9 @@ class CachingKVManager(PagedKVManager):
                  eviction: str = "lru"):
         super().__init__(num_blocks, block_size, num_host_blocks)
         self.evictor = Evictor(eviction)
-        self._seqs: dict[int, _SeqKeys] = {}
+        # seq_id -> how many of its blocks are committed (indexed, or swapped for an indexed twin)
+        self._committed: dict[int, int] = {}
+        self._memo = ("kv block keys", type(self).__name__, block_size)
 
     def can_ever_fit(self, seq: Sequence) -> str | None:
         check_block_hashes(seq.request, self.block_size)
@@ -45,14 +40,14 @@ class CachingKVManager(PagedKVManager):
         return {b.block_id for b in self.blocks if b.key is not None}
 
     def commit(self, seq: Sequence) -> None:
-        state = self._seqs[seq.seq_id]
+        committed = self._committed[seq.seq_id]
         full = seq.num_computed_tokens // self.block_size
-        if full <= state.committed:
+        if full <= committed:
             return
-        blocks, table = self.blocks, seq.block_table
-        parent = blocks[table[state.committed - 1]] if state.committed else self._root
-        for i in range(state.committed, full):
-            key = self._key(seq, state, i)
+        blocks, table, keys = self.blocks, seq.block_table, self._keys(seq)
+        parent = blocks[table[committed - 1]] if committed else self._root
+        for i in range(committed, full):
+            key = self._key(seq, keys, i)
             block = blocks[table[i]]
             twin = self._find(parent, key)
             if twin is None:
@@ -63,16 +58,16 @@ class CachingKVManager(PagedKVManager):
                 self._release(block)
                 block = twin
             parent = block
-        state.committed = full
+        self._committed[seq.seq_id] = full
 
     # -- hooks of PagedKVManager -------------------------------------------------------------
 
     def _match(self, seq: Sequence) -> list[Block]:
-        state = self._state(seq)
+        keys = self._keys(seq)
         hits: list[Block] = []
         node = self._root
         for i in range((seq.num_tokens - 1) // self.block_size):
-            node = self._find(node, self._key(seq, state, i))
+            node = self._find(node, self._key(seq, keys, i))
             if node is None:
                 break
             hits.append(node)
@@ -99,25 +94,26 @@ class CachingKVManager(PagedKVManager):
             self.evictor.add(block)
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
-        self._seqs[seq.seq_id].committed = num_cached_blocks
+        self._committed[seq.seq_id] = num_cached_blocks
 
     def _on_swapped_in(self, seq: Sequence) -> None:
-        self._seqs[seq.seq_id].committed = 0  # fresh blocks: the next commit indexes or dedups them
+        self._committed[seq.seq_id] = 0  # fresh blocks: the next commit indexes or dedups them
 
     def _forget(self, seq: Sequence) -> None:
-        self._seqs.pop(seq.seq_id, None)
+        self._committed.pop(seq.seq_id, None)
 
     # -- keys ----------------------------------------------------------------------------------
 
-    def _state(self, seq: Sequence) -> _SeqKeys:
-        state = self._seqs.get(seq.seq_id)
-        if state is None:
+    def _keys(self, seq: Sequence) -> list[Hashable]:
+        """The remembered index keys of `seq`'s leading full blocks (see `_key`)."""
+        keys = seq.policy_state.get(self._memo)
+        if keys is None:
             check_block_hashes(seq.request, self.block_size)
-            state = self._seqs[seq.seq_id] = _SeqKeys()
-        return state
+            keys = seq.policy_state[self._memo] = []
+        return keys
 
-    def _key(self, seq: Sequence, state: _SeqKeys, index: int) -> Hashable:
-        keys = state.keys
+    def _key(self, seq: Sequence, keys: list[Hashable], index: int) -> Hashable:
+        """The index key of full block `index`, extending the remembered `keys` as needed."""
         while len(keys) <= index:
             content = block_content_key(seq, len(keys), self.block_size)
             keys.append(self._chain(keys[-1] if keys else None, content))

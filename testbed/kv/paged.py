@@ -48,7 +48,7 @@ class PagedKVManager:
     def allocate(self, seq: Sequence, num_tokens: int) -> bool:
         table = seq.block_table
         if table or seq.num_computed_tokens:
-            need = cdiv(num_tokens, self.block_size) - len(table)
+            need = -(-num_tokens // self.block_size) - len(table)
             if need <= 0:
                 return True
             if need > self.num_blocks - self._num_used:

@@ -149,7 +149,7 @@ class BaseScheduler:
             if seq.status is not RUNNING:  # aborted since schedule()
                 continue
             seq.num_computed_tokens += item.num_new_tokens
-            if seq.num_computed_tokens < seq.num_tokens:
+            if seq.num_computed_tokens < seq.request.prompt_len + len(seq.output_token_ids):
                 commit(seq)
                 continue
             token = tokens.get(seq.seq_id)
@@ -209,8 +209,9 @@ class BaseScheduler:
 
     def _run(self, seq: Sequence, step: StepBuilder) -> None:
         """Give a running sequence its next chunk (or decode token), if KV can be found for it."""
-        n = min(seq.num_tokens - seq.num_computed_tokens, step.tokens_left)
-        if self._reserve(seq, seq.num_computed_tokens + n, step):
+        computed = seq.num_computed_tokens
+        n = min(seq.request.prompt_len + len(seq.output_token_ids) - computed, step.tokens_left)
+        if self.kv.allocate(seq, computed + n) or self._reserve(seq, computed + n, step):
             step.add(seq, n)
 
     def _admit_next(self, step: StepBuilder) -> bool:
