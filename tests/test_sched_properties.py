@@ -204,7 +204,7 @@ class Harness:
         for block, users in held.items():
             if len(users) > 1:
                 assert isinstance(self.kv, CachingKVManager), "blocks shared without a prefix cache"
-                (first, i), rest = users[0], users[1:]
+                first, i = users[0]
                 for seq, j in users:
                     assert j == i and (i + 1) * self.B <= seq.num_computed_tokens
                     assert block_identity(seq, i, self.B) == block_identity(first, i, self.B)

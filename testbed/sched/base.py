@@ -128,12 +128,8 @@ class BaseScheduler:
         self.waiting.push(seq)
 
     def schedule(self, now: float) -> StepPlan:
-        step = self._new_step(now)
-        self._order_running()
-        self._schedule_running(step)
-        if not step.preempted_any:
-            self._order_waiting()
-            self._schedule_waiting(step)
+        step = StepBuilder(now, self.config.max_num_batched_tokens, self.config.max_num_seqs)
+        self._schedule_step(step)
         self._in_flight = step.scheduled_ids
         return step.plan
 
@@ -192,8 +188,13 @@ class BaseScheduler:
 
     # -- building blocks of a step -------------------------------------------------------------
 
-    def _new_step(self, now: float) -> StepBuilder:
-        return StepBuilder(now, self.config.max_num_batched_tokens, self.config.max_num_seqs)
+    def _schedule_step(self, step: StepBuilder) -> None:
+        """Fill the step: running sequences first, then (if nobody was preempted) waiting ones."""
+        self._order_running()
+        self._schedule_running(step)
+        if not step.preempted_any:
+            self._order_waiting()
+            self._schedule_waiting(step)
 
     def _schedule_running(self, step: StepBuilder) -> None:
         for seq in list(self.running):  # preemption removes victims while we walk

@@ -38,9 +38,8 @@ class MLFQScheduler(BaseScheduler):
         self._entries = count()  # FCFS order within a level
         self._admitting = True
 
-    def schedule(self, now: float) -> StepPlan:
-        step = self._new_step(now)
-        self._promote_starved(now)
+    def _schedule_step(self, step: StepBuilder) -> None:
+        self._promote_starved(step.now)
         self._admitting = True
         self.running.sort(key=_rank)
         for seq in list(self.running):
@@ -50,7 +49,6 @@ class MLFQScheduler(BaseScheduler):
             if seq.status is SeqStatus.RUNNING:
                 self._run(seq, step)
         self._admit_above(self.config.mlfq_levels, step)
-        return step.plan
 
     def update(self, plan: StepPlan, result: StepResult, now: float) -> list[Sequence]:
         done = super().update(plan, result, now)

@@ -4,22 +4,19 @@ length can be reserved, prefill them together, then decode until every one of th
 finished. Arrivals in the meantime wait for the whole batch."""
 from __future__ import annotations
 
-from testbed.plan import StepPlan
 from testbed.request import Sequence
-from testbed.sched.base import SCHEDULERS, BaseScheduler
+from testbed.sched.base import SCHEDULERS, BaseScheduler, StepBuilder
 
 
 @SCHEDULERS.register("static")
 class StaticScheduler(BaseScheduler):
     chunked_prefill = False
 
-    def schedule(self, now: float) -> StepPlan:
-        step = self._new_step(now)
+    def _schedule_step(self, step: StepBuilder) -> None:
         if self.running:
             self._schedule_running(step)
         else:
             self._schedule_waiting(step)
-        return step.plan
 
     def _admission_tokens(self, seq: Sequence, num_tokens: int) -> int:
         return seq.max_tokens
