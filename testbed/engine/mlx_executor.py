@@ -11,6 +11,7 @@ import time
 import mlx.core as mx
 import numpy as np
 
+from testbed.engine import cuda_paged_attention
 from testbed.engine.kv_pool import PagedKVPool
 from testbed.engine.paged_attention import BatchLayout, PagedAttention
 from testbed.plan import ScheduledSeq, StepPlan, StepResult
@@ -22,6 +23,7 @@ class MLXExecutor:
         self.pool = pool
         self.sampler = sampler
         self.block_size = pool.block_size
+        self.fused_decode = cuda_paged_attention.supports(model.config.head_dim)
 
     def execute(self, plan: StepPlan) -> StepResult:
         t0 = time.perf_counter()
@@ -71,7 +73,8 @@ class MLXExecutor:
             row += n
             if s.samples:
                 samplers.append((row - 1, s))
-        layout = BatchLayout.build(np.concatenate(slots), decode_tables, decode_lens, prefills, bs)
+        layout = BatchLayout.build(np.concatenate(slots), decode_tables, decode_lens, prefills, bs,
+                                   self.fused_decode)
         return (np.asarray(tokens, dtype=np.int32), np.concatenate(positions).astype(np.int32),
                 layout, samplers)
 

@@ -1,11 +1,15 @@
 """Paged attention over the KV pool, for one step's flattened mixed batch.
 
 The step's tokens are laid out decodes first (one token each), then prefill chunks. Each
-layer writes its new K/V into the pool at the tokens' slots, then attends: all decodes in one
-batched call over their gathered block tables (padded, masked past each context length), and
-each prefill chunk over its own gathered context with a causal mask aligned to the end (the
-chunk's queries see every earlier token and themselves). This is the gather-based reference;
-it is what a fused kernel must equal.
+layer writes its new K/V into the pool at the tokens' slots, then attends:
+- decodes: all in one call. On an NVIDIA GPU a fused kernel reads the pool through the block
+  tables (`cuda_paged_attention.py`); elsewhere the reference gathers each sequence's blocks
+  (tables padded to a bucketed width, masked past each context length) for one batched call.
+- prefill chunks that start a sequence (no cached context): their K/V are this step's own, so
+  they need no pool read. Chunks of similar length are right-padded into one batch and run
+  with a causal mask, which keeps every real query away from the padding keys after it.
+- other chunks (continuing a prompt, after a prefix-cache hit or a preemption): each attends
+  over its gathered context with a causal mask aligned to the end.
 """
 from __future__ import annotations
 
@@ -14,40 +18,97 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from testbed.engine import cuda_paged_attention
 from testbed.engine.kv_pool import PagedKVPool
+
+TABLE_BUCKET = 8  # decode block tables are padded to a multiple of this many blocks
+PAD_SLACK = 1.5  # batch fresh prefills while padded tokens <= slack * real tokens
 
 
 @dataclass(slots=True)
-class PrefillSegment:
-    start: int  # first row of the chunk in the flattened batch
-    length: int  # tokens in the chunk
+class ContextChunk:
+    """A prefill chunk that attends over cached context: rows [start, start + length)."""
+
+    start: int
+    length: int
     context_len: int  # tokens in the cache after this step (earlier + chunk)
     block_table: mx.array  # [ceil(context_len / block_size)] int32
+
+
+@dataclass(slots=True)
+class FreshGroup:
+    """Prefill chunks that start their sequences, batched: `rows` [n, width] indexes the
+    flattened batch (padding repeats a chunk's last row); `keep` [real tokens] indexes the
+    flattened [n * width] output back to the batch order of `starts`."""
+
+    rows: mx.array
+    keep: mx.array
+    chunks: list[tuple[int, int]]  # (first row, length) of each chunk, in group order
 
 
 @dataclass(slots=True)
 class BatchLayout:
     slots: mx.array  # [T] int32: pool slot of each new token
     num_decodes: int
-    decode_block_tables: mx.array | None  # [num_decodes, max_blocks] int32 (padded with 0)
-    decode_mask: mx.array | None  # [num_decodes, 1, 1, max_blocks * block_size] bool
-    prefills: list[PrefillSegment]
+    decode_tables: mx.array | None  # [num_decodes, width] int32 (padded with block 0)
+    decode_lens: mx.array | None  # [num_decodes] int32: keys each decode attends to
+    decode_mask: mx.array | None  # [num_decodes, 1, 1, width * block_size] bool (gather path)
+    fresh: list[FreshGroup]
+    chunks: list[ContextChunk]
+    fused_decode: bool
+    order: mx.array | None  # rows of the attention parts back in batch order (None: in order)
 
     @classmethod
-    def build(cls, slots: np.ndarray, decode_tables: list[list[int]], decode_lens: list[int],
-              prefills: list[tuple[int, int, int, list[int]]], block_size: int) -> "BatchLayout":
-        tables = mask = None
+    def build(cls, slots: np.ndarray, decode_tables: list[np.ndarray], decode_lens: list[int],
+              prefills: list[tuple[int, int, int, np.ndarray]], block_size: int,
+              fused: bool = False) -> "BatchLayout":
+        """`prefills`: (first row, chunk length, context length after the step, block table);
+        `fused`: decode with the CUDA kernel (see `cuda_paged_attention.supports`)."""
+        tables = lens = mask = None
         if decode_tables:
-            width = max(len(t) for t in decode_tables)
+            width = -(-max(len(t) for t in decode_tables) // TABLE_BUCKET) * TABLE_BUCKET
             padded = np.zeros((len(decode_tables), width), dtype=np.int32)
             for i, t in enumerate(decode_tables):
                 padded[i, :len(t)] = t
-            keep = np.arange(width * block_size)[None, :] < np.asarray(decode_lens)[:, None]
             tables = mx.array(padded)
-            mask = mx.array(keep[:, None, None, :])
-        segments = [PrefillSegment(start, n, ctx, mx.array(np.asarray(table, dtype=np.int32)))
-                    for start, n, ctx, table in prefills]
-        return cls(mx.array(slots.astype(np.int32)), len(decode_tables), tables, mask, segments)
+            lens = mx.array(np.asarray(decode_lens, dtype=np.int32))
+            if not fused:
+                keep = np.arange(width * block_size)[None, :] < np.asarray(decode_lens)[:, None]
+                mask = mx.array(keep[:, None, None, :])
+        fresh = _fresh_groups([(start, n) for start, n, ctx, _ in prefills if ctx == n])
+        chunks = [ContextChunk(start, n, ctx, mx.array(table.astype(np.int32)))
+                  for start, n, ctx, table in prefills if ctx != n]
+        parts = [(0, len(decode_tables))] + [c for g in fresh for c in g.chunks] + \
+            [(c.start, c.length) for c in chunks]
+        order = np.concatenate([np.arange(start, start + n) for start, n in parts])
+        inverse = None
+        if not np.array_equal(order, np.arange(len(order))):
+            inverse = np.empty(len(order), dtype=np.int32)
+            inverse[order] = np.arange(len(order), dtype=np.int32)
+            inverse = mx.array(inverse)
+        return cls(mx.array(slots.astype(np.int32)), len(decode_tables), tables, lens, mask,
+                   fresh, chunks, fused, inverse)
+
+
+def _fresh_groups(fresh: list[tuple[int, int]]) -> list[FreshGroup]:
+    """Group (start row, length) chunks, longest first, so padding stays within PAD_SLACK."""
+    groups, current = [], []
+    for start, n in sorted(fresh, key=lambda c: -c[1]):
+        real = sum(length for _, length in current) + n
+        if current and (len(current) + 1) * current[0][1] > PAD_SLACK * real:
+            groups.append(current)
+            current = []
+        current.append((start, n))
+    if current:
+        groups.append(current)
+    out = []
+    for group in groups:
+        width = group[0][1]
+        rows = np.array([[start + min(j, n - 1) for j in range(width)] for start, n in group],
+                        dtype=np.int32)
+        keep = np.concatenate([i * width + np.arange(n) for i, (_, n) in enumerate(group)])
+        out.append(FreshGroup(mx.array(rows), mx.array(keep.astype(np.int32)), group))
+    return out
 
 
 class PagedAttention:
@@ -59,21 +120,38 @@ class PagedAttention:
     def __call__(self, layer: int, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
         lay = self.layout
         k_pool, v_pool = self.pool.write(layer, lay.slots, k, v)
-        outputs = []
+        parts = []
         if lay.num_decodes:
-            nd = lay.num_decodes
-            keys = _gather(k_pool, lay.decode_block_tables)
-            values = _gather(v_pool, lay.decode_block_tables)
-            queries = q[:nd][:, :, None, :]  # [nd, heads, 1, dim]
-            out = self.attend(queries, keys, values, lay.decode_mask, self.scale)
-            outputs.append(out[:, :, 0, :])
-        for seg in lay.prefills:
-            keys = _gather(k_pool, seg.block_table[None])[:, :, :seg.context_len]
-            values = _gather(v_pool, seg.block_table[None])[:, :, :seg.context_len]
-            queries = q[seg.start:seg.start + seg.length].transpose(1, 0, 2)[None]
-            out = self.attend(queries, keys, values, "causal", self.scale)
-            outputs.append(out[0].transpose(1, 0, 2))
-        return outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=0)
+            parts.append(self._decode(q[:lay.num_decodes], k_pool, v_pool))
+        for group in lay.fresh:
+            parts.append(self._fresh(group, q, k, v))
+        for chunk in lay.chunks:
+            parts.append(self._chunk(chunk, q, k_pool, v_pool))
+        out = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
+        return out if lay.order is None else out[lay.order]
+
+    def _decode(self, q, k_pool, v_pool):
+        lay = self.layout
+        if lay.fused_decode:
+            return cuda_paged_attention.paged_decode_attention(
+                q, k_pool, v_pool, lay.decode_tables, lay.decode_lens, self.scale)
+        keys, values = _gather(k_pool, lay.decode_tables), _gather(v_pool, lay.decode_tables)
+        out = self.attend(q[:, :, None, :], keys, values, lay.decode_mask, self.scale)
+        return out[:, :, 0, :]
+
+    def _fresh(self, group: FreshGroup, q, k, v):
+        # [n, width, heads, dim] -> [n, heads, width, dim]
+        qs, ks, vs = (x[group.rows].transpose(0, 2, 1, 3) for x in (q, k, v))
+        out = self.attend(qs, ks, vs, "causal", self.scale).transpose(0, 2, 1, 3)
+        return out.reshape(-1, *out.shape[2:])[group.keep]
+
+    def _chunk(self, chunk: ContextChunk, q, k_pool, v_pool):
+        table = chunk.block_table[None]
+        keys = _gather(k_pool, table)[:, :, :chunk.context_len]
+        values = _gather(v_pool, table)[:, :, :chunk.context_len]
+        queries = q[chunk.start:chunk.start + chunk.length].transpose(1, 0, 2)[None]
+        out = self.attend(queries, keys, values, "causal", self.scale)
+        return out[0].transpose(1, 0, 2)
 
 
 def _gather(pool: mx.array, tables: mx.array) -> mx.array:

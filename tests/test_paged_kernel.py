@@ -1,0 +1,62 @@
+"""The fused CUDA paged-attention decode kernel equals the gather-based reference.
+
+Runs only where MLX has its CUDA backend (an NVIDIA GPU); elsewhere it is skipped with that
+reason, since the kernel cannot run.
+"""
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from testbed.engine import cuda_paged_attention
+from testbed.engine.paged_attention import _gather
+from testbed.model.kernels import attention
+
+pytestmark = pytest.mark.skipif(not cuda_paged_attention.available(),
+                                reason="needs MLX's CUDA backend (an NVIDIA GPU)")
+
+
+def reference(q, k_pool, v_pool, tables, lens, scale):
+    keys, values = _gather(k_pool, tables), _gather(v_pool, tables)
+    width = keys.shape[2]
+    mask = mx.arange(width)[None, :] < lens[:, None]
+    out = attention(q[:, :, None, :], keys, values, mask[:, None, None, :], scale, "reference")
+    return out[:, :, 0, :]
+
+
+@pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,dim,block", [(14, 2, 64, 16), (28, 4, 128, 16),
+                                                      (8, 8, 32, 8), (12, 2, 128, 32)])
+def test_kernel_equals_reference(dtype, heads, kv_heads, dim, block):
+    rng = np.random.default_rng(heads + dim)
+    n, num_blocks = 9, 200
+    lens = rng.integers(1, 40 * block, n)
+    lens[0] = 1  # a first decode after a one-token prompt
+    width = int(-(-lens.max() // block)) + 3
+    tables = np.stack([rng.permutation(num_blocks)[:width] for _ in range(n)]).astype(np.int32)
+    q = mx.array(rng.standard_normal((n, heads, dim)).astype(np.float32)).astype(dtype)
+    k_pool = mx.array(rng.standard_normal((num_blocks, block, kv_heads, dim)).astype(np.float32)).astype(dtype)
+    v_pool = mx.array(rng.standard_normal((num_blocks, block, kv_heads, dim)).astype(np.float32)).astype(dtype)
+    t, l = mx.array(tables), mx.array(lens.astype(np.int32))
+    fused = cuda_paged_attention.paged_decode_attention(q, k_pool, v_pool, t, l, dim ** -0.5)
+    ref = reference(q, k_pool, v_pool, t, l, dim ** -0.5)
+    tol = 1e-4 if dtype == mx.float32 else 2e-2
+    np.testing.assert_allclose(np.array(fused.astype(mx.float32)), np.array(ref.astype(mx.float32)),
+                               atol=tol, rtol=tol)
+
+
+def test_engine_with_fused_decode_equals_alone():
+    from testbed.model.config import named_config
+    from testbed.model.qwen2 import Qwen2Model
+    from tests.test_engine import alone, make_engine, run, workload
+    from tests.tiny_qwen2 import random_weights
+
+    config = named_config("qwen2-small")  # head_dim 32: the kernel's smallest
+    model = Qwen2Model(config, random_weights(config, seed=2), dtype="float32")
+    engine = make_engine(model, blocks=96)
+    assert engine.executor.fused_decode
+    reqs = workload(n=10, seed=4)
+    seqs, _ = run(engine, reqs)
+    for req in reqs:
+        assert seqs[req.request_id].output_token_ids == alone(model, req), req.request_id
