@@ -11,8 +11,9 @@ how much KV an admission reserves, so each policy file is short.
 Preemption by recompute frees a sequence's blocks and resets it to zero computed tokens
 (its generated tokens are kept and recomputed like prompt); by swap it moves the blocks to
 the host pool (recompute when that is full). Either way it goes back to the *front* of the
-waiting queue. A step never both swaps out and swaps in, so the executor's block copies
-(all swap-outs, then all swap-ins) cannot overwrite a host block still to be read.
+waiting queue (to its rank, in queues ordered by a key). A step never both swaps out and
+swaps in, so the executor's block copies (all swap-outs, then all swap-ins) cannot
+overwrite a host block still to be read.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ RUNNING, WAITING, SWAPPED = SeqStatus.RUNNING, SeqStatus.WAITING, SeqStatus.SWAP
 
 
 class Scheduler(Protocol):
+    kv: KVManager
+
     def add(self, seq: Sequence, now: float) -> None:
         """Queue a new sequence; one that can never be served is rejected (reported by `update`)."""
 
@@ -89,14 +92,16 @@ class BaseScheduler:
     def __init__(self, config: SchedulerConfig, kv: KVManager):
         self.config = config
         self.kv = kv
-        self.chunked = config.enable_chunked_prefill if self.chunked_prefill is None else self.chunked_prefill
+        self.chunked = (config.enable_chunked_prefill if self.chunked_prefill is None
+                        else self.chunked_prefill)
         self.waiting = self._make_waiting_queue()  # WAITING and SWAPPED sequences
         self.running: list[Sequence] = []
         self._num_swapped = 0
         self._live: dict[int, Sequence] = {}
         self._done: list[Sequence] = []  # ended since the last update()
         self._in_flight: set[int] = set()  # scheduled by the last schedule(), until its update()
-        self._free_after_step: list[Sequence] = []  # aborted while in flight: the executor reads their blocks
+        # Aborted while in flight: the executor still reads their blocks, freed at update().
+        self._free_after_step: list[Sequence] = []
 
     # -- the Scheduler protocol ----------------------------------------------------------------
 
