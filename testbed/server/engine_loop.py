@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import mlx.core as mx
+
 from testbed.engine.engine import Engine, StepOutput
 from testbed.request import Request, SamplingParams, Sequence, SeqStatus
 from testbed.stack import Stack
@@ -152,6 +154,14 @@ class EngineLoop:
 
     # ---- the loop thread ----
     def _run(self, build: Callable[[], Stack], built: queue.SimpleQueue) -> None:
+        try:
+            self._serve(build, built)
+        finally:
+            # MLX keeps per-thread streams; left to process exit, the kernels compiled on
+            # this thread abort the interpreter ("terminate called without an active exception").
+            mx.clear_streams()
+
+    def _serve(self, build: Callable[[], Stack], built: queue.SimpleQueue) -> None:
         try:
             stack = build()
         except BaseException as e:
