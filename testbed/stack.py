@@ -59,6 +59,16 @@ def model_spec(model_cfg: Mapping) -> str:
     return f"dummy:{model_cfg['name']}" if source == "dummy" else source
 
 
+def resolve_dtype(dtype: str | None) -> str:
+    """`auto` (or unset): float32 on the CPU, where only float32 matmuls go through the fast
+    BLAS, and bfloat16 on a GPU (Metal or CUDA), MLX's default device."""
+    if dtype not in (None, "auto"):
+        return dtype
+    import mlx.core as mx
+
+    return "float32" if mx.default_device().type == mx.cpu else "bfloat16"
+
+
 def _mlx_executor(cfg: Mapping):
     import mlx.core as mx
 
@@ -69,7 +79,7 @@ def _mlx_executor(cfg: Mapping):
     from testbed.weights import load_model
 
     e = dict(cfg["engine"])
-    dtype = e.get("dtype", "float32")
+    dtype = resolve_dtype(e.get("dtype"))
     block_size = int(cfg["cache"].get("block_size", 16))
     spec = model_spec(cfg["model"])
     loaded = load_model(spec, dtype=dtype)
