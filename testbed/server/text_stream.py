@@ -10,6 +10,7 @@ two more by then, which the recording counts and the client never sees).
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,7 @@ class TextStream:
         self.matcher = StopStringMatcher(tokenizer.detokenizer(), stop)
         self.num_tokens = 0  # tokens the client got (the stop-string token included)
         self.done = False
+        self._next_check = time.monotonic() + POLL_S
 
     def __iter__(self) -> Iterator[Piece]:
         while not self.done:
@@ -78,14 +80,20 @@ class TextStream:
         return Piece(text)
 
     def _next_event(self) -> TokenEvent | Ended:
+        """The next event; every POLL_S, also whether the client and the engine are there
+        (a non-streamed response writes nothing until the end, so only a check can tell)."""
         while True:
             try:
-                return self.handle.events.get(timeout=POLL_S)
+                event = self.handle.events.get(timeout=POLL_S)
             except queue.Empty:
-                pass
-            if self.client_gone():
-                self.cancel()
-                raise ClientGone()
-            if not self.loop.alive:
-                self.done = True
-                raise EndedEarly(Ended("failed", "the engine loop has stopped", 0, 0))
+                event = None
+            if time.monotonic() >= self._next_check:
+                self._next_check = time.monotonic() + POLL_S
+                if self.client_gone():
+                    self.cancel()
+                    raise ClientGone()
+                if event is None and not self.loop.alive:
+                    self.done = True
+                    raise EndedEarly(Ended("failed", "the engine loop has stopped", 0, 0))
+            if event is not None:
+                return event
