@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--gen-len", type=int, default=64)
+    ap.add_argument("--overlap", action="store_true")
     args = ap.parse_args()
     loaded = load_model(f"dummy:{args.model}", dtype=args.dtype)
     model = Qwen2Model(loaded.config, loaded.weights, dtype=args.dtype, kernels=args.kernels)
@@ -45,7 +46,7 @@ def main() -> None:
     sched = make_scheduler("vllm", {"max_num_seqs": args.batch, "max_num_batched_tokens": 8192,
                                     "max_model_len": args.prompt_len + args.gen_len}, kv)
     engine = Engine(sched, MLXExecutor(model, PagedKVPool(model.config, blocks, bs, args.dtype),
-                                       sample_sequences))
+                                       sample_sequences), overlap=args.overlap)
     rng = np.random.default_rng(0)
     for i in range(args.batch):
         p = rng.integers(0, loaded.config.vocab_size, args.prompt_len).tolist()

@@ -46,7 +46,8 @@ def ours_runner(model: Qwen2Model, block_size: int = 16, **sched):
                                             "max_num_batched_tokens": sched.get("budget", 8192),
                                             "max_model_len": longest}, kv)
         pool = PagedKVPool(model.config, blocks, block_size, model.dtype)
-        engine = Engine(scheduler, MLXExecutor(model, pool, sample_sequences))
+        engine = Engine(scheduler, MLXExecutor(model, pool, sample_sequences),
+                        overlap=sched.get("overlap", True))
         start = time.perf_counter()
         for i, p in enumerate(prompts):
             engine.add_request(Request(str(i), 0.0, len(p), gen_len, prompt_token_ids=p,
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--gen-len", type=int, default=32)
     ap.add_argument("--engines", default="ours,mlx-lm,transformers")
     ap.add_argument("--budget", type=int, default=8192, help="our token budget per step")
+    ap.add_argument("--no-overlap", action="store_true", help="run our steps one at a time")
     ap.add_argument("--out", default=None, help="JSON file (default: results/<name>.json)")
     args = ap.parse_args(argv)
 
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runners = {}
     if "ours" in wanted:
         runners["ours"] = ours_runner(Qwen2Model(loaded.config, loaded.weights, dtype=args.dtype),
-                                      budget=args.budget)
+                                      budget=args.budget, overlap=not args.no_overlap)
     if "mlx-lm" in wanted:
         runners["mlx-lm"] = mlx_lm_runner(loaded.config, loaded.weights, args.dtype)
     if "transformers" in wanted:

@@ -45,6 +45,9 @@ class Request:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
+PENDING_TOKEN = -1  # an output token sampled on the device but not read back yet
+
+
 class SeqStatus(enum.Enum):
     WAITING = "waiting"  # queued, holds no KV blocks (new or preempted by recompute)
     RUNNING = "running"  # holds device KV blocks

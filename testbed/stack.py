@@ -49,7 +49,9 @@ def build_stack(cfg: Mapping) -> Stack:
             "cache": cache["name"], "eviction": cache.get("eviction"),
             "block_size": kv.block_size, "kv_blocks": num_blocks, "kv_host_blocks": num_host,
             **extra}
-    return Stack(Engine(scheduler, executor, clock), model_config, extra.pop("_tokenizer", None),
+    overlap = kind == "mlx" and bool(engine_cfg.get("overlap", False))
+    return Stack(Engine(scheduler, executor, clock, overlap=overlap), model_config,
+                 extra.pop("_tokenizer", None),
                  extra.pop("_eos", ()), {k: v for k, v in info.items() if not k.startswith("_")})
 
 

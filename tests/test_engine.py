@@ -50,13 +50,13 @@ def alone(model, req) -> list[int]:
 
 
 def make_engine(model, *, scheduler="vllm", cache="paged", blocks=64, host_blocks=0,
-                chunked=True, preemption="recompute", budget=64, max_seqs=8):
+                chunked=True, preemption="recompute", budget=64, max_seqs=8, overlap=False):
     kv = make_kv_manager(cache, blocks, BLOCK, host_blocks)
     sched = make_scheduler(scheduler, {"max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
                                        "enable_chunked_prefill": chunked,
                                        "preemption": preemption, "max_model_len": 512}, kv)
     pool = PagedKVPool(model.config, blocks, BLOCK, "float32", host_blocks)
-    return Engine(sched, MLXExecutor(model, pool, sample_sequences))
+    return Engine(sched, MLXExecutor(model, pool, sample_sequences), overlap=overlap)
 
 
 def run(engine, requests, stagger: int = 2):
@@ -92,11 +92,12 @@ def test_batched_equals_alone(model, reference, scheduler, cache, chunked):
         assert seq.output_token_ids == expected[rid], rid
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("preemption,host_blocks", [("recompute", 0), ("swap", 64)])
-def test_preemption_keeps_tokens(model, reference, preemption, host_blocks):
+def test_preemption_keeps_tokens(model, reference, preemption, host_blocks, overlap):
     reqs, expected = reference
     seqs, stats = run(make_engine(model, blocks=14, host_blocks=host_blocks,
-                                  preemption=preemption), reqs, stagger=16)
+                                  preemption=preemption, overlap=overlap), reqs, stagger=16)
     # The small pool really forced preemption: recomputed, or blocks copied out and back.
     assert stats["swapped" if preemption == "swap" else "preempted"] > 0
     for rid, seq in seqs.items():
@@ -116,6 +117,37 @@ def test_prefix_cache_skips_work_and_keeps_tokens(model, cache):
     for rid in expected:
         assert cold[rid].output_token_ids == expected[rid]
         assert warm[rid].output_token_ids == expected[rid]
+
+
+@pytest.mark.parametrize("cache", ["paged", "prefix"])
+def test_overlapped_steps_equal_alone(model, reference, cache):
+    """Step N+1 launched before step N's tokens are read back: same tokens, same times order."""
+    reqs, expected = reference
+    seqs, _ = run(make_engine(model, cache=cache, blocks=96, overlap=True), reqs)
+    for rid, seq in seqs.items():
+        assert seq.status.value == "finished", (rid, seq.reason)
+        assert seq.output_token_ids == expected[rid], rid
+        assert seq.token_times == sorted(seq.token_times) and seq.finish_s == seq.token_times[-1]
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_stop_token_ends_sequence(model, reference, overlap):
+    """A stop token ends a request right there, also when it is read back a step late."""
+    reqs, expected = reference
+    stopped = []
+    for req in reqs[:6]:
+        tokens = expected[req.request_id]
+        stop = tokens[len(tokens) // 2]
+        sampling = SamplingParams(stop_token_ids=(stop,))
+        stopped.append((Request(req.request_id, 0.0, req.prompt_len, req.output_len,
+                                prompt_token_ids=req.prompt_token_ids, sampling=sampling),
+                        tokens[:tokens.index(stop) + 1]))
+    seqs, _ = run(make_engine(model, blocks=96, overlap=overlap), [r for r, _ in stopped])
+    for req, want in stopped:
+        seq = seqs[req.request_id]
+        assert seq.output_token_ids == want, req.request_id
+        assert seq.reason == "stop" and seq.status.value == "finished"
+        assert len(seq.token_times) == len(want)
 
 
 def test_pool_allocated_once_and_peak_memory_bounded(model):

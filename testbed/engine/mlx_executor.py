@@ -1,12 +1,18 @@
 """The real engine: runs a StepPlan through the raw-MLX Qwen2 model over the paged KV pool.
 
 One model call per step over the mixed batch (decodes and prefill chunks together), sampling
-on device, one `mx.eval` per step. Prefix-cache hits need nothing here: the scheduler starts
+on device, one evaluation per step. Prefix-cache hits need nothing here: the scheduler starts
 such a sequence at `num_computed_tokens = hit`, so those tokens are simply never computed.
+
+`execute(plan)` runs a step start to end. `launch(plan)` only builds the step's graph and
+starts it on the device (`mx.async_eval`); `resolve(handle)` waits for its tokens. Between
+the two the engine schedules and launches the next step: a token the previous step sampled
+but nobody has read yet (`PENDING_TOKEN` in the sequence) is fed to it from device memory.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
@@ -15,6 +21,15 @@ from testbed.engine import cuda_paged_attention
 from testbed.engine.kv_pool import PagedKVPool
 from testbed.engine.paged_attention import BatchLayout, PagedAttention
 from testbed.plan import ScheduledSeq, StepPlan, StepResult
+from testbed.request import PENDING_TOKEN
+
+
+@dataclass(slots=True)
+class Launched:
+    sampled: mx.array  # [n] int32 token ids, being computed
+    seq_ids: list[int]  # the sequence of each row
+    t_start: float
+    host_seconds: float
 
 
 class MLXExecutor:
@@ -24,43 +39,67 @@ class MLXExecutor:
         self.sampler = sampler
         self.block_size = pool.block_size
         self.fused_decode = cuda_paged_attention.supports(model.config.head_dim)
+        self._last: Launched | None = None  # the latest launch, whose tokens may be PENDING
+        self._last_resolved = 0.0
 
     def execute(self, plan: StepPlan) -> StepResult:
+        return self.resolve(self.launch(plan))
+
+    def launch(self, plan: StepPlan) -> Launched:
         t0 = time.perf_counter()
         self.pool.swap_out(plan.swap_out)
         self.pool.swap_in(plan.swap_in)
-        if not plan.scheduled:
-            return StepResult({}, time.perf_counter() - t0)
         # Decodes first, then prefill chunks: decodes attend in one batched call.
         order = sorted(plan.scheduled, key=lambda s: s.num_new_tokens > 1)
-        tokens, positions, layout, samplers = self._layout(order)
-        logits_rows = mx.array(np.asarray([row for row, _ in samplers], dtype=np.int32))
-        attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
-        t1 = time.perf_counter()
-        logits = self.model(mx.array(tokens), mx.array(positions), attention,
-                            logits_indices=logits_rows)
-        if samplers:  # a step of mid-prompt chunks only fills the cache
+        tokens, positions, layout, samplers, pending = self._layout(order)
+        token_ids = mx.array(tokens)
+        if pending:  # previous step's tokens, still on the device
+            rows, prev_rows = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*pending))
+            token_ids[rows] = self._last.sampled[prev_rows]
+        if samplers:
+            attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
+            logits = self.model(token_ids, mx.array(positions), attention,
+                                logits_indices=mx.array(np.asarray([r for r, _ in samplers],
+                                                                   dtype=np.int32)))
             sampled = self.sampler([s.seq for _, s in samplers], logits)
-            mx.eval(sampled, *self.pool.arrays())
+        elif order:  # mid-prompt chunks only: fill the cache, sample nothing
+            attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
+            logits = self.model(token_ids, mx.array(positions), attention,
+                                logits_indices=mx.array([0], dtype=mx.int32))
+            sampled = mx.zeros((0,), dtype=mx.int32)
+            mx.async_eval(logits)
         else:
-            sampled = mx.array([], dtype=mx.int32)
-            mx.eval(logits, *self.pool.arrays())
-        t2 = time.perf_counter()
-        ids = sampled.tolist()
-        out = {s.seq.seq_id: int(t) for (_, s), t in zip(samplers, ids)}
-        t3 = time.perf_counter()
-        return StepResult(out, seconds=t3 - t0, host_seconds=(t1 - t0) + (t3 - t2),
-                          device_seconds=t2 - t1)
+            sampled = mx.zeros((0,), dtype=mx.int32)
+        mx.async_eval(sampled, *self.pool.arrays())
+        launched = Launched(sampled, [s.seq.seq_id for _, s in samplers], t0,
+                            time.perf_counter() - t0)
+        self._last = launched
+        return launched
+
+    def resolve(self, launched: Launched) -> StepResult:
+        """Wait for a launched step's tokens. Its time runs from its launch, or from the
+        previous step's end if it was launched while that one still ran (overlap)."""
+        ids = launched.sampled.tolist()
+        t_end = time.perf_counter()
+        start = max(launched.t_start, self._last_resolved)
+        self._last_resolved = t_end
+        return StepResult(dict(zip(launched.seq_ids, ids)), seconds=t_end - start,
+                          host_seconds=launched.host_seconds,
+                          device_seconds=t_end - launched.t_start - launched.host_seconds)
 
     def _layout(self, order: list[ScheduledSeq]):
         bs = self.block_size
         tokens, positions, slots = [], [], []
-        decode_tables, decode_lens, prefills, samplers = [], [], [], []
+        decode_tables, decode_lens, prefills, samplers, pending = [], [], [], [], []
+        prev_rows = {sid: i for i, sid in enumerate(self._last.seq_ids)} if self._last else {}
         row = 0
         for s in order:
             seq, start, n = s.seq, s.seq.num_computed_tokens, s.num_new_tokens
             end = start + n
-            tokens.extend(_token_range(seq, start, end))
+            chunk = _token_range(seq, start, end)
+            if chunk and chunk[-1] == PENDING_TOKEN:  # only a sequence's last token can be pending
+                pending.append((row + n - 1, prev_rows[seq.seq_id]))
+            tokens.extend(chunk)
             pos = np.arange(start, end, dtype=np.int64)
             positions.append(pos)
             table = np.asarray(seq.block_table[:(end + bs - 1) // bs], dtype=np.int64)
@@ -73,10 +112,12 @@ class MLXExecutor:
             row += n
             if s.samples:
                 samplers.append((row - 1, s))
+        if not order:
+            return np.zeros(0, np.int32), np.zeros(0, np.int32), None, [], []
         layout = BatchLayout.build(np.concatenate(slots), decode_tables, decode_lens, prefills, bs,
                                    self.fused_decode)
         return (np.asarray(tokens, dtype=np.int32), np.concatenate(positions).astype(np.int32),
-                layout, samplers)
+                layout, samplers, pending)
 
 
 def _token_range(seq, start: int, end: int) -> list[int]:

@@ -5,8 +5,9 @@ Block `i` of a sequence covers positions `[i*B, (i+1)*B)` of prompt + output. It
 - else derived from the trace's `block_hashes` (one id per `hash_block_size` prompt tokens,
   Mooncake style): when B divides the hash block size, (hash id, sub-block index); when the
   hash block size divides B, the hash ids the block covers;
-- else (generated tokens, prompt beyond the hashes, or no hashes at all) a key unique to the
-  request, so the request can still reuse its own blocks after a preemption but never shares.
+- else (generated tokens, prompt beyond the hashes, or no hashes at all; or a block whose last
+  token is not read back from the device yet) a key unique to the request, so the request can
+  still reuse its own blocks after a preemption but never shares.
 
 The real engine runs on tokens synthesized from the hashes (same hash, same tokens), so both
 kinds of key hit the very same blocks. Tagged tuples keep the three kinds apart.
@@ -42,9 +43,11 @@ def block_content_key(seq: Sequence, index: int, block_size: int) -> Hashable:
         if end <= p:
             return tuple(tokens[start:end])
         out = seq.output_token_ids
-        if start >= p:
-            return tuple(out[start - p:end - p])
-        return tuple(tokens[start:]) + tuple(out[:end - p])
+        block = tuple(out[start - p:end - p]) if start >= p else tuple(tokens[start:]) + tuple(out[:end - p])
+        if block[-1] >= 0:
+            return block
+        # The block ends with a token still on the device (the engine's overlapped step):
+        # its content is unknown here, so it must not be shared.
     hashes = req.block_hashes
     if hashes and end <= p:
         h = req.hash_block_size

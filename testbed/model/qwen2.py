@@ -169,12 +169,9 @@ class Qwen2Model:
     def _self_attention(self, index: int, layer: DecoderLayer, x: mx.array,
                         positions: mx.array, attention: AttentionFn) -> mx.array:
         cfg, n = self.config, x.shape[0]
-        qkv = layer.qkv_proj(x)
-        q_size = cfg.num_attention_heads * cfg.head_dim
-        kv_size = cfg.num_key_value_heads * cfg.head_dim
-        q = qkv[:, :q_size].reshape(n, cfg.num_attention_heads, cfg.head_dim)
-        k = qkv[:, q_size:q_size + kv_size].reshape(n, cfg.num_key_value_heads, cfg.head_dim)
-        v = qkv[:, q_size + kv_size:].reshape(n, cfg.num_key_value_heads, cfg.head_dim)
+        heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
+        qkv = layer.qkv_proj(x).reshape(n, heads + 2 * kv_heads, cfg.head_dim)
+        q, k, v = qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
         q = rope(q, positions, cfg.rope_theta, self.kernels)
         k = rope(k, positions, cfg.rope_theta, self.kernels)
         out = attention(index, q, k, v)

@@ -41,9 +41,8 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
            ) -> ReplayCounts:
     pending = deque(sorted(requests, key=lambda r: r.arrival_s))
     counts = ReplayCounts(requests=len(pending))
-    clock, kv, sched = engine.clock, engine.scheduler.kv, engine.scheduler
+    clock, sched = engine.clock, engine.scheduler
     bar = Progress(counts, clock) if progress else None
-    hits_before = kv.stats.hit_tokens
     t0 = time.perf_counter()
     while pending or engine.has_unfinished:
         while pending and pending[0].arrival_s <= clock.now:
@@ -54,9 +53,7 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
         out = engine.step()
         counts.steps += 1
         if recorder is not None:
-            hits = kv.stats.hit_tokens
-            recorder.step(step_row(out, engine, hits - hits_before))
-            hits_before = hits
+            recorder.step(step_row(out))
         for seq in out.finished:
             _count(counts, seq)
             if recorder is not None:
@@ -83,19 +80,17 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
     return counts
 
 
-def step_row(out: StepOutput, engine: Engine, prefix_hit_tokens: int) -> dict:
-    sched, kv, plan = engine.scheduler, engine.scheduler.kv, out.plan
-    f = out.features
+def step_row(out: StepOutput) -> dict:
+    plan, f, occ = out.plan, out.features, out.occupancy
     return {
         "step": out.index, "t_start": out.t_start, "t_end": out.t_end,
         "seconds": out.result.seconds, "host_seconds": out.result.host_seconds,
         "device_seconds": out.result.device_seconds,
         "sum_context": f.sum_prefill_context + f.sum_decode_context,
-        "kv_blocks_used": kv.num_used_blocks, "kv_blocks_free": kv.num_free_blocks,
-        "prefix_hit_tokens": prefix_hit_tokens, "n_preempted": len(plan.preempted),
+        "kv_blocks_used": occ.kv_blocks_used, "kv_blocks_free": occ.kv_blocks_free,
+        "prefix_hit_tokens": occ.prefix_hit_tokens, "n_preempted": len(plan.preempted),
         "n_swapped_out": len(plan.swap_out), "n_swapped_in": len(plan.swap_in),
-        "n_waiting": sched.num_waiting, "n_running": sched.num_running,
-        "n_swapped": sched.num_swapped,
+        "n_waiting": occ.n_waiting, "n_running": occ.n_running, "n_swapped": occ.n_swapped,
         **f.as_dict(),
     }
 

@@ -43,6 +43,9 @@ class Scheduler(Protocol):
 
     def abort(self, seq_id: int, now: float) -> Sequence | None: ...
 
+    def finish(self, seq_id: int, now: float, status: SeqStatus = SeqStatus.FINISHED,
+               reason: str = "stop") -> Sequence | None: ...
+
     @property
     def num_waiting(self) -> int: ...
 
@@ -175,6 +178,13 @@ class BaseScheduler:
         return done
 
     def abort(self, seq_id: int, now: float) -> Sequence | None:
+        return self.finish(seq_id, now, SeqStatus.ABORTED, "aborted")
+
+    def finish(self, seq_id: int, now: float, status: SeqStatus = SeqStatus.FINISHED,
+               reason: str = "stop") -> Sequence | None:
+        """End a live sequence early: aborted by its client, or finished by a stop the
+        engine saw outside `update` (a stop string, a stop token read back late). Its blocks
+        are freed and the next `update` reports it."""
         seq = self._live.get(seq_id)
         if seq is None:
             return None
@@ -188,7 +198,7 @@ class BaseScheduler:
             self._free_after_step.append(seq)
         else:
             self.kv.free(seq)
-        self._end(seq, SeqStatus.ABORTED, "aborted", now)
+        self._end(seq, status, reason, now)
         return seq
 
     # -- building blocks of a step -------------------------------------------------------------

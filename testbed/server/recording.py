@@ -45,7 +45,6 @@ class TrafficRecorder:
         self._trace = None
         self._rows = 0
         self._without_output = 0
-        self._hits_before = 0
         self._last_flush = time.monotonic()
 
     def start(self, meta: dict[str, Any]) -> None:
@@ -58,9 +57,7 @@ class TrafficRecorder:
         self._pending[request.request_id] = _OPEN
 
     def stepped(self, out: StepOutput, engine: Engine) -> None:
-        hits = engine.scheduler.kv.stats.hit_tokens
-        self.recorder.step(step_row(out, engine, hits - self._hits_before))
-        self._hits_before = hits
+        self.recorder.step(step_row(out))
 
     def ended(self, seq: Sequence) -> None:
         self.recorder.request(request_row(seq, self.slo))
