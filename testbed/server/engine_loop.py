@@ -21,7 +21,7 @@ from typing import Protocol
 import mlx.core as mx
 
 from testbed.engine.engine import Engine, StepOutput
-from testbed.request import Request, SamplingParams, Sequence, SeqStatus
+from testbed.request import Request, SamplingParams, Sequence
 from testbed.stack import Stack
 
 
@@ -75,9 +75,9 @@ class LoopObserver(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class _Abort:
+class _End:
     request_id: str
-    as_stop: bool  # the client saw a stop string: the request finished, reason "stop"
+    stop: bool  # finished by a stop string (else aborted)
 
 
 _CLOSE = object()
@@ -107,7 +107,7 @@ class EngineLoop:
         self._submit_lock = threading.Lock()
         self._ids = itertools.count()
         self._handles: dict[str, RequestHandle] = {}
-        self._stopping: set[str] = set()
+        self._seqs: dict[str, Sequence] = {}  # live sequences by request id
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -142,9 +142,13 @@ class EngineLoop:
             self._inbox.put(handle)
         return handle
 
-    def abort(self, request_id: str, *, as_stop: bool = False) -> None:
-        """End a request early: the client went away, or (`as_stop`) it saw a stop string."""
-        self._inbox.put(_Abort(request_id, as_stop))
+    def abort(self, request_id: str) -> None:
+        """The client went away: abort its request (a no-op once it has ended)."""
+        self._inbox.put(_End(request_id, stop=False))
+
+    def finish(self, request_id: str) -> None:
+        """The client's text reached a stop string: the request finished, reason "stop"."""
+        self._inbox.put(_End(request_id, stop=True))
 
     def close(self, timeout: float | None = None) -> None:
         """Abort what is in flight, let the loop report it, and stop the thread."""
@@ -206,10 +210,13 @@ class EngineLoop:
             self._handles[command.request_id] = command
             for observer in self.observers:
                 observer.arrived(command.request)
-            self.engine.add_request(command.request)
-        elif isinstance(command, _Abort):
-            if self.engine.abort(command.request_id) is not None and command.as_stop:
-                self._stopping.add(command.request_id)
+            self._seqs[command.request_id] = self.engine.add_request(command.request)
+        elif isinstance(command, _End):
+            seq = self._seqs.get(command.request_id)
+            if seq is not None and command.stop:
+                self.engine.scheduler.finish(seq.seq_id, self.engine.clock.now, reason="stop")
+            elif seq is not None:
+                self.engine.abort(command.request_id)
         elif command is _CLOSE:
             self._closing = True
             for request_id in list(self._handles):
@@ -219,10 +226,7 @@ class EngineLoop:
         out = self.engine.step()
         ended = {}
         for seq in out.finished:
-            rid = seq.request.request_id
-            if rid in self._stopping:  # ended by a stop string the handler matched
-                self._stopping.discard(rid)
-                seq.status, seq.reason = SeqStatus.FINISHED, "stop"
+            self._seqs.pop(seq.request.request_id, None)
             ended[seq.seq_id] = Ended(seq.status.value, seq.reason, seq.num_output_tokens,
                                       seq.num_cached_tokens)
         for seq, token in out.new_tokens:

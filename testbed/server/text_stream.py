@@ -3,9 +3,9 @@
 `TextStream` reads the request's outbox and yields one `Piece` per generated token (its
 text may be empty while a multi-byte character or a possible stop string is held back); the
 last piece carries the finish reason. End-of-sequence tokens end the text without adding to
-it. A stop string cuts the text before it and finishes the request early: the engine aborts
-the sequence and reports it as finished with reason "stop" (it may have generated a token or
-two more by then, which the recording counts and the client never sees).
+it. A stop string cuts the text before it and finishes the request early: the scheduler ends
+the sequence as finished with reason "stop" (the engine may have generated a token or two
+more by then, which the recording counts and the client never sees).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class TextStream:
         if self.matcher.stopped:
             self.done = True
             if ended is None:
-                self.loop.abort(self.handle.request_id, as_stop=True)
+                self.loop.finish(self.handle.request_id)
             return Piece(text + self.matcher.finish(), "stop")
         if ended is not None:
             self.done = True
