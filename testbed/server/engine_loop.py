@@ -1,7 +1,7 @@
 """The one thread that drives the engine for every HTTP connection (continuous batching).
 
-HTTP handler threads `submit` requests and `abort` them through a thread-safe inbox; the
-loop thread alone touches the engine:
+HTTP handler threads `submit` requests, `abort` them (client gone) or `finish` them (stop
+string seen) through a thread-safe inbox; the loop thread alone touches the engine:
 
     take commands (block while idle) -> engine.step() -> hand each new token to its
     request's outbox -> report ended requests to the observers (metrics, recording)
@@ -84,7 +84,8 @@ _CLOSE = object()
 
 
 class EngineLoop:
-    """Owns an engine on its own thread; `submit`, `abort` and `close` are thread-safe.
+    """Owns an engine on its own thread; `submit`, `abort`, `finish` and `close` are
+    thread-safe.
 
     `start(build)` builds the stack on the loop thread itself: MLX streams are thread-local,
     so arrays (weights, the KV pool) must be made on the thread that evaluates them.
