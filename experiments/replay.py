@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from testbed.stack import build_stack
 from testbed.traces.build import build_trace
 from testbed.traces.tokens import with_prompt_tokens
 
+# What a run writes into its directory (besides Hydra's .hydra/ and log).
+RUN_OUTPUTS = ("steps.parquet", "requests.parquet", "tokens.parquet", "run.json", "summary.json",
+               "report.md", "report.html", "figures")
+
 
 def run_experiment(cfg: DictConfig | dict, run_dir: str | Path) -> dict:
     """Replay as `cfg` says into `run_dir`; returns the summary. Skips a completed run."""
@@ -35,6 +40,7 @@ def run_experiment(cfg: DictConfig | dict, run_dir: str | Path) -> dict:
     if done is not None:
         print(f"[replay] {run_dir} already completed; skipping (delete it to run again)")
         return done
+    _clear_incomplete_run(run_dir)
     trace = build_trace(_trace_spec(cfg["trace"]))
     stack = build_stack(cfg)
     if cfg["engine"]["kind"] == "mlx":  # the real engine needs token ids
@@ -67,6 +73,20 @@ def _trace_spec(trace_cfg: dict) -> dict:
     elif "name" in spec:
         spec.pop("format", None)
     return spec
+
+
+def _clear_incomplete_run(run_dir: Path) -> None:
+    """Remove the outputs of an earlier run that failed or was killed in `run_dir`: its part
+    files would otherwise mix into the new tables."""
+    old = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+    if not old:
+        return
+    print(f"[replay] {run_dir} holds an incomplete run; replaying it afresh")
+    for path in old:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _completed_summary(run_dir: Path) -> dict | None:
