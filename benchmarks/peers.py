@@ -14,9 +14,8 @@ import numpy as np
 from testbed.model.config import ModelConfig
 
 
-def mlx_lm_runner(config: ModelConfig, weights: dict[str, mx.array], dtype: str):
-    """mlx-lm's Qwen2 with our weights; returns run(prompts, gen_len) -> seconds."""
-    from mlx_lm.generate import BatchGenerator
+def mlx_lm_model(config: ModelConfig, weights: dict[str, mx.array]):
+    """mlx-lm's own Qwen2 module holding our weights."""
     from mlx_lm.models import qwen2
 
     args = qwen2.ModelArgs(model_type="qwen2", hidden_size=config.hidden_size,
@@ -31,6 +30,14 @@ def mlx_lm_runner(config: ModelConfig, weights: dict[str, mx.array], dtype: str)
     model = qwen2.Model(args)
     model.load_weights(list(weights.items()), strict=True)
     mx.eval(model.parameters())
+    return model
+
+
+def mlx_lm_runner(config: ModelConfig, weights: dict[str, mx.array], dtype: str):
+    """mlx-lm's BatchGenerator on our weights; returns run(prompts, gen_len) -> seconds."""
+    from mlx_lm.generate import BatchGenerator
+
+    model = mlx_lm_model(config, weights)
 
     def run(prompts: list[list[int]], gen_len: int) -> float:
         gen = BatchGenerator(model, max_tokens=gen_len, completion_batch_size=len(prompts),

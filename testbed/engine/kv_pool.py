@@ -1,9 +1,10 @@
 """The physical KV cache of the real engine: one block pool per layer, indexed by the
 KVManager's block ids, plus a host pool that swapped-out blocks really move to.
 
-Device pools are allocated once, from the budget the KV manager was sized with; every write
-is a scatter into them. The host pool holds raw bits (numpy has no bfloat16), so a block goes
-out and comes back unchanged.
+Device pools are allocated once, from the budget the KV manager was sized with, plus one
+scratch block that no sequence owns (padding rows of a batch write there); every write is a
+scatter into them. The host pool holds raw bits (numpy has no bfloat16), so a block goes out
+and comes back unchanged.
 """
 from __future__ import annotations
 
@@ -17,15 +18,29 @@ _BITS = {mx.float32: (mx.uint32, np.uint32), mx.float16: (mx.uint16, np.uint16),
          mx.bfloat16: (mx.uint16, np.uint16)}
 
 
-class PagedKVPool:
+class LayerPools:
+    """Per-layer K and V pool arrays, [blocks, block_size, kv_heads, head_dim] each."""
+
+    def __init__(self, k: list[mx.array], v: list[mx.array]):
+        self.k, self.v = k, v
+
+    def write(self, layer: int, slots: mx.array, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        """Store new keys/values ([T, kv_heads, head_dim]) at flat slots (block * size + offset)."""
+        self.k[layer] = write_slots(self.k[layer], slots, k)
+        self.v[layer] = write_slots(self.v[layer], slots, v)
+        return self.k[layer], self.v[layer]
+
+
+class PagedKVPool(LayerPools):
     def __init__(self, config: ModelConfig, num_blocks: int, block_size: int,
                  dtype: str = "float32", num_host_blocks: int = 0):
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.scratch_block = num_blocks  # the extra block past the KV manager's ids
         self.dtype = _MX_DTYPES[dtype]
-        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
-        self.k = [mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)]
-        self.v = [mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)]
+        shape = (num_blocks + 1, block_size, config.num_key_value_heads, config.head_dim)
+        super().__init__([mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)],
+                         [mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)])
         mx.eval(self.k, self.v)
         self._bits_mx, bits_np = _BITS[self.dtype]
         host_shape = (config.num_hidden_layers, 2, num_host_blocks) + shape[1:]
@@ -37,17 +52,6 @@ class PagedKVPool:
 
     def arrays(self) -> list[mx.array]:
         return self.k + self.v
-
-    def write(self, layer: int, slots: mx.array, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        """Store new keys/values ([T, kv_heads, head_dim]) at flat slots (block * size + offset)."""
-        n, b = self.num_blocks, self.block_size
-        kp = self.k[layer].reshape(n * b, *self.k[layer].shape[2:])
-        vp = self.v[layer].reshape(n * b, *self.v[layer].shape[2:])
-        kp[slots] = k.astype(self.dtype)
-        vp[slots] = v.astype(self.dtype)
-        self.k[layer] = kp.reshape(self.k[layer].shape)
-        self.v[layer] = vp.reshape(self.v[layer].shape)
-        return self.k[layer], self.v[layer]
 
     def swap_out(self, pairs: list[tuple[int, int]]) -> None:
         """Copy device blocks to host blocks ((device, host) pairs)."""
@@ -76,3 +80,10 @@ class PagedKVPool:
     def _require_host(self) -> None:
         if self.host is None:
             raise RuntimeError("swap requested but the KV pool has no host blocks (num_host_blocks=0)")
+
+
+def write_slots(pool: mx.array, slots: mx.array, values: mx.array) -> mx.array:
+    """`pool` [blocks, size, heads, dim] with `values` [T, heads, dim] stored at flat `slots`."""
+    flat = pool.reshape(-1, *pool.shape[2:])
+    flat[slots] = values.astype(pool.dtype)
+    return flat.reshape(pool.shape)

@@ -8,6 +8,12 @@ such a sequence at `num_computed_tokens = hit`, so those tokens are simply never
 starts it on the device (`mx.async_eval`); `resolve(handle)` waits for its tokens. Between
 the two the engine schedules and launches the next step: a token the previous step sampled
 but nobody has read yet (`PENDING_TOKEN` in the sequence) is fed to it from device memory.
+
+Steps of decodes only -- the steady state of serving -- run through one `mx.compile`d
+function (model + paged attention, pools in and out), so building their graph costs one
+call instead of hundreds of Python-level ops. Its batch is padded to a few bucket sizes (the
+padding rows decode into the pool's scratch block) so it compiles once per bucket, not once
+per batch size.
 """
 from __future__ import annotations
 
@@ -18,8 +24,8 @@ import mlx.core as mx
 import numpy as np
 
 from testbed.engine import cuda_paged_attention
-from testbed.engine.kv_pool import PagedKVPool
-from testbed.engine.paged_attention import BatchLayout, PagedAttention
+from testbed.engine.kv_pool import LayerPools, PagedKVPool
+from testbed.engine.paged_attention import BatchLayout, PagedAttention, pad_tables
 from testbed.plan import ScheduledSeq, StepPlan, StepResult
 from testbed.request import PENDING_TOKEN
 
@@ -33,12 +39,13 @@ class Launched:
 
 
 class MLXExecutor:
-    def __init__(self, model, pool: PagedKVPool, sampler):
+    def __init__(self, model, pool: PagedKVPool, sampler, compile_decode: bool = True):
         self.model = model
         self.pool = pool
         self.sampler = sampler
         self.block_size = pool.block_size
         self.fused_decode = cuda_paged_attention.supports(model.config.head_dim)
+        self._decode_step = mx.compile(self._decode_graph) if compile_decode else None
         self._last: Launched | None = None  # the latest launch, whose tokens may be PENDING
         self._last_resolved = 0.0
 
@@ -56,7 +63,10 @@ class MLXExecutor:
         if pending:  # previous step's tokens, still on the device
             rows, prev_rows = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*pending))
             token_ids[rows] = self._last.sampled[prev_rows]
-        if samplers:
+        if self._decode_step is not None and order and layout.num_decodes == len(order):
+            logits = self._compiled_decodes(token_ids, positions, order)
+            sampled = self.sampler([s.seq for _, s in samplers], logits)
+        elif samplers:
             attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
             logits = self.model(token_ids, mx.array(positions), attention,
                                 logits_indices=mx.array(np.asarray([r for r, _ in samplers],
@@ -87,6 +97,36 @@ class MLXExecutor:
                           host_seconds=launched.host_seconds,
                           device_seconds=t_end - launched.t_start - launched.host_seconds)
 
+    def _compiled_decodes(self, token_ids: mx.array, positions: np.ndarray,
+                          order: list[ScheduledSeq]) -> mx.array:
+        """Logits of a decodes-only step through the compiled function, batch padded."""
+        n, bs = len(order), self.block_size
+        rows = _bucket(n)
+        scratch = self.pool.scratch_block
+        tables = pad_tables([s.seq.block_table[:-(-(s.seq.num_tokens) // bs)] for s in order]
+                            + [[scratch]] * (rows - n))
+        lens = np.ones(rows, dtype=np.int32)
+        lens[:n] = positions + 1
+        pos = np.zeros(rows, dtype=np.int32)
+        pos[:n] = positions
+        slots = np.full(rows, scratch * bs, dtype=np.int32)
+        slots[:n] = tables[np.arange(n), positions // bs] * bs + positions % bs
+        tokens = mx.concatenate([token_ids, mx.zeros((rows - n,), dtype=mx.int32)]) \
+            if rows > n else token_ids
+        layers = len(self.pool.k)
+        out = self._decode_step(tokens, mx.array(pos), mx.array(slots), mx.array(tables),
+                                mx.array(lens), *self.pool.k, *self.pool.v)
+        self.pool.k, self.pool.v = list(out[1:1 + layers]), list(out[1 + layers:])
+        return out[0][:n]
+
+    def _decode_graph(self, tokens, positions, slots, tables, lens, *pools):
+        """One decode step as a pure function of its inputs and the pool arrays (compiled)."""
+        traced = LayerPools(list(pools[:len(pools) // 2]), list(pools[len(pools) // 2:]))
+        layout = BatchLayout.decodes(slots, tables, lens, self.fused_decode)
+        attention = PagedAttention(traced, layout, self.model.attend, self.model.scale)
+        logits = self.model(tokens, positions, attention)
+        return (logits, *traced.k, *traced.v)
+
     def _layout(self, order: list[ScheduledSeq]):
         bs = self.block_size
         tokens, positions, slots = [], [], []
@@ -114,7 +154,7 @@ class MLXExecutor:
                 samplers.append((row - 1, s))
         if not order:
             return np.zeros(0, np.int32), np.zeros(0, np.int32), None, [], []
-        layout = BatchLayout.build(np.concatenate(slots), decode_tables, decode_lens, prefills, bs,
+        layout = BatchLayout.build(np.concatenate(slots), decode_tables, decode_lens, prefills,
                                    self.fused_decode)
         return (np.asarray(tokens, dtype=np.int32), np.concatenate(positions).astype(np.int32),
                 layout, samplers, pending)
@@ -127,3 +167,14 @@ def _token_range(seq, start: int, end: int) -> list[int]:
     head = prompt[start:min(end, p)] if start < p else []
     tail = seq.output_token_ids[max(start - p, 0):end - p] if end > p else []
     return head + tail
+
+
+_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def _bucket(n: int) -> int:
+    """The padded batch size of a compiled decode step."""
+    for b in _BUCKETS:
+        if n <= b:
+            return b
+    return -(-n // 256) * 256

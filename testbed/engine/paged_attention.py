@@ -5,6 +5,8 @@ layer writes its new K/V into the pool at the tokens' slots, then attends:
 - decodes: all in one call. On an NVIDIA GPU a fused kernel reads the pool through the block
   tables (`cuda_paged_attention.py`); elsewhere the reference gathers each sequence's blocks
   (tables padded to a bucketed width, masked past each context length) for one batched call.
+  `pool` is anything with `write(layer, slots, k, v) -> (k_pool, v_pool)`: the KV pool, or the
+  traced pool arrays of the compiled decode step.
 - prefill chunks that start a sequence (no cached context): their K/V are this step's own, so
   they need no pool read. Chunks of similar length are right-padded into one batch and run
   with a causal mask, which keeps every real query away from the padding keys after it.
@@ -52,7 +54,6 @@ class BatchLayout:
     num_decodes: int
     decode_tables: mx.array | None  # [num_decodes, width] int32 (padded with block 0)
     decode_lens: mx.array | None  # [num_decodes] int32: keys each decode attends to
-    decode_mask: mx.array | None  # [num_decodes, 1, 1, width * block_size] bool (gather path)
     fresh: list[FreshGroup]
     chunks: list[ContextChunk]
     fused_decode: bool
@@ -60,21 +61,13 @@ class BatchLayout:
 
     @classmethod
     def build(cls, slots: np.ndarray, decode_tables: list[np.ndarray], decode_lens: list[int],
-              prefills: list[tuple[int, int, int, np.ndarray]], block_size: int,
-              fused: bool = False) -> "BatchLayout":
+              prefills: list[tuple[int, int, int, np.ndarray]], fused: bool = False) -> "BatchLayout":
         """`prefills`: (first row, chunk length, context length after the step, block table);
         `fused`: decode with the CUDA kernel (see `cuda_paged_attention.supports`)."""
-        tables = lens = mask = None
+        tables = lens = None
         if decode_tables:
-            width = -(-max(len(t) for t in decode_tables) // TABLE_BUCKET) * TABLE_BUCKET
-            padded = np.zeros((len(decode_tables), width), dtype=np.int32)
-            for i, t in enumerate(decode_tables):
-                padded[i, :len(t)] = t
-            tables = mx.array(padded)
+            tables = mx.array(pad_tables(decode_tables))
             lens = mx.array(np.asarray(decode_lens, dtype=np.int32))
-            if not fused:
-                keep = np.arange(width * block_size)[None, :] < np.asarray(decode_lens)[:, None]
-                mask = mx.array(keep[:, None, None, :])
         fresh = _fresh_groups([(start, n) for start, n, ctx, _ in prefills if ctx == n])
         chunks = [ContextChunk(start, n, ctx, mx.array(table.astype(np.int32)))
                   for start, n, ctx, table in prefills if ctx != n]
@@ -86,8 +79,23 @@ class BatchLayout:
             inverse = np.empty(len(order), dtype=np.int32)
             inverse[order] = np.arange(len(order), dtype=np.int32)
             inverse = mx.array(inverse)
-        return cls(mx.array(slots.astype(np.int32)), len(decode_tables), tables, lens, mask,
+        return cls(mx.array(slots.astype(np.int32)), len(decode_tables), tables, lens,
                    fresh, chunks, fused, inverse)
+
+    @classmethod
+    def decodes(cls, slots: mx.array, tables: mx.array, lens: mx.array, fused: bool) -> "BatchLayout":
+        """A batch of decodes only (what the compiled decode step runs)."""
+        return cls(slots, slots.shape[0], tables, lens, [], [], fused, None)
+
+
+def pad_tables(tables: list[np.ndarray], rows: int | None = None, fill: int = 0) -> np.ndarray:
+    """Block tables as one int32 array, width rounded up to TABLE_BUCKET (fewer distinct
+    shapes: fewer kernel compilations), extra rows and columns filled with `fill`."""
+    width = -(-max(len(t) for t in tables) // TABLE_BUCKET) * TABLE_BUCKET
+    out = np.full((rows or len(tables), width), fill, dtype=np.int32)
+    for i, t in enumerate(tables):
+        out[i, :len(t)] = t
+    return out
 
 
 def _fresh_groups(fresh: list[tuple[int, int]]) -> list[FreshGroup]:
@@ -136,7 +144,8 @@ class PagedAttention:
             return cuda_paged_attention.paged_decode_attention(
                 q, k_pool, v_pool, lay.decode_tables, lay.decode_lens, self.scale)
         keys, values = _gather(k_pool, lay.decode_tables), _gather(v_pool, lay.decode_tables)
-        out = self.attend(q[:, :, None, :], keys, values, lay.decode_mask, self.scale)
+        mask = mx.arange(keys.shape[2])[None, :] < lay.decode_lens[:, None]
+        out = self.attend(q[:, :, None, :], keys, values, mask[:, None, None, :], self.scale)
         return out[:, :, 0, :]
 
     def _fresh(self, group: FreshGroup, q, k, v):
