@@ -1,0 +1,86 @@
+"""Virtual and wall clocks on the real engine agree on a sparse trace.
+
+Each request of the trace arrives after the previous one has finished, so it runs alone and
+its latencies are its own steps' durations. The virtual clock sums the executor's measured
+step times and jumps the idle gaps; the wall clock lets the gaps pass for real and also
+counts the loop's own host work between steps (scheduling, bookkeeping, logging). The
+requests are alike (same lengths), so the first one, given a long head start, meets every
+step shape first and pays the engine's one-off costs (compiling the decode step per batch
+bucket) in both runs; the others are compared.
+
+Tolerance: two replays measure the same work twice, and step times on a shared 2-core CPU
+vary by 30-50% from run to run, more for single steps (a prefill step here takes 0.15 or
+0.35 s from one request to the next); the host work the wall clock adds is a few percent.
+So the median E2E over the requests (16 steps each) must agree within a factor of 1.5, and
+the median TTFT (a single step) and each request's E2E within a factor of 2 -- far from the
+differences a clock bug makes (a missed idle jump adds a whole inter-arrival gap of 1 s or
+more, several times these latencies; a lost step drops its duration). Exact identities of
+each clock are checked as well: virtual latencies are sums of step times, wall latencies
+are at least that.
+"""
+import numpy as np
+import pytest
+
+from experiments.replay import run_experiment
+from replay_runs import config, write_trace
+from testbed.replay.recorder import read_run
+
+N = 7
+GAP_S = 1.0
+ARRIVALS = [0.0, *(5.0 + GAP_S * i for i in range(N - 1))]  # r0 warms the engine up
+OVERRIDES = ("experiment=full", "engine=mlx", "model=qwen2-small", "engine.kv_memory_gb=0.01",
+             "engine.host_kv_memory_gb=0", "report=false", "progress=false", "slo=none")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clocks")
+    trace = write_trace(tmp / "trace.csv", [
+        {"request_id": f"r{i}", "arrival_s": t, "prompt_len": 96, "output_len": 16}
+        for i, t in enumerate(ARRIVALS)])
+    base = (*OVERRIDES, "trace=generic", f"trace.path={trace}")
+    out = {}
+    for clock in ("virtual", "wall"):
+        run_experiment(config(*base, f"clock={clock}"), tmp / clock)
+        out[clock] = read_run(tmp / clock)
+    return out
+
+
+def own_steps(data, row):
+    s = data.steps
+    return s[(s["t_start"] >= row.arrival_s) & (s["t_end"] <= row.finish_s + 1e-9)]
+
+
+@pytest.mark.parametrize("clock", ["virtual", "wall"])
+def test_each_request_ran_alone(runs, clock):
+    data = runs[clock]
+    assert (data.requests["status"] == "finished").all() and len(data.requests) == N
+    assert data.steps["n_seqs"].max() == 1
+    gaps = np.diff([*data.requests.sort_values("arrival_s")["arrival_s"], np.inf])
+    assert (data.requests.sort_values("arrival_s")["e2e"] < gaps).all()
+
+
+def test_virtual_latencies_are_sums_of_step_times(runs):
+    data = runs["virtual"]
+    for row in data.requests.itertuples():
+        steps = own_steps(data, row)
+        assert steps["t_start"].iloc[0] == row.arrival_s  # the clock jumped to the arrival
+        assert row.e2e == pytest.approx(steps["seconds"].sum(), rel=1e-9)
+        assert row.ttft == pytest.approx(steps["seconds"].iloc[0], rel=1e-9)  # one prefill step
+
+
+def test_wall_latencies_include_the_step_times(runs):
+    data = runs["wall"]
+    for row in data.requests.itertuples():
+        assert row.e2e >= own_steps(data, row)["seconds"].sum()
+
+
+def test_virtual_and_wall_latencies_agree(runs):
+    v = runs["virtual"].requests.set_index("request_id").sort_index().drop("r0")
+    w = runs["wall"].requests.set_index("request_id").sort_index().drop("r0")
+    assert (v["n_output_tokens"] == w["n_output_tokens"]).all()
+    for metric, factor in (("e2e", 1.5), ("ttft", 2.0)):
+        ratio = w[metric].median() / v[metric].median()
+        assert 1 / factor <= ratio <= factor, (metric, v[metric].median(), w[metric].median())
+    per_request = w["e2e"] / v["e2e"]
+    assert ((per_request >= 0.5) & (per_request <= 2.0)).all(), per_request.to_dict()
