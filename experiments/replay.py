@@ -23,8 +23,10 @@ import testbed  # noqa: F401  (fast BLAS before mlx)
 from testbed.metrics import SLO, format_summary, summarize
 from testbed.replay.driver import replay
 from testbed.replay.recorder import Recorder, read_run
-from testbed.stack import build_stack
+from testbed.request import Request
+from testbed.stack import Stack, build_stack
 from testbed.traces.build import build_trace
+from testbed.traces.schema import Trace
 from testbed.traces.tokens import with_prompt_tokens
 
 # What a run writes into its directory (besides Hydra's .hydra/ and log).
@@ -32,8 +34,9 @@ RUN_OUTPUTS = ("steps.parquet", "requests.parquet", "tokens.parquet", "run.json"
                "report.md", "report.html", "figures")
 
 
-def run_experiment(cfg: DictConfig | dict, run_dir: str | Path) -> dict:
-    """Replay as `cfg` says into `run_dir`; returns the summary. Skips a completed run."""
+def run_experiment(cfg: DictConfig | dict, run_dir: str | Path, stack: Stack | None = None) -> dict:
+    """Replay as `cfg` says into `run_dir`; returns the summary. Skips a completed run.
+    `stack`: an engine built beforehand (e.g. one warmed up), instead of building one."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     run_dir = Path(run_dir)
     done = _completed_summary(run_dir)
@@ -41,16 +44,11 @@ def run_experiment(cfg: DictConfig | dict, run_dir: str | Path) -> dict:
         print(f"[replay] {run_dir} already completed; skipping (delete it to run again)")
         return done
     _clear_incomplete_run(run_dir)
-    trace = build_trace(_trace_spec(cfg["trace"]))
-    stack = build_stack(cfg)
-    if cfg["engine"]["kind"] == "mlx":  # the real engine needs token ids
-        trace = with_prompt_tokens(trace, stack.model_config.vocab_size, seed=cfg.get("seed", 0))
-    requests = trace.to_requests(ignore_eos=True)
+    trace = experiment_trace(cfg)
+    stack = stack or build_stack(cfg)
+    requests = trace_requests(trace, cfg, stack.model_config.vocab_size)
     slo = SLO.from_dict(cfg.get("slo") or {})
-    meta = {"experiment": "replay", "config": cfg, "trace": {
-        "name": trace.name, "source": trace.source, "requests": len(trace),
-        "duration_s": trace.duration_s, "notes": list(trace.notes),
-        "license": trace.license, "citation": trace.citation}, **stack.info}
+    meta = {"experiment": "replay", "config": cfg, "trace": trace_info(trace), **stack.info}
     recorder = Recorder(run_dir, tokens=bool(cfg.get("record_tokens", True)),
                         flush_every=int(cfg.get("flush_every", 5000)))
     with recorder:
@@ -62,6 +60,26 @@ def run_experiment(cfg: DictConfig | dict, run_dir: str | Path) -> dict:
         summary = summarize(data.requests, data.steps, data.tokens, slo)
         recorder.close(summary=summary)
     return summary
+
+
+def experiment_trace(cfg: dict) -> Trace:
+    """The trace `cfg["trace"]` describes."""
+    return build_trace(_trace_spec(cfg["trace"]))
+
+
+def trace_requests(trace: Trace, cfg: dict, vocab_size: int) -> list[Request]:
+    """The trace's requests, outputs running to the trace's lengths; for the real engine
+    (`cfg["engine"]["kind"] == "mlx"`) with prompt token ids of a `vocab_size` vocabulary."""
+    if cfg["engine"]["kind"] == "mlx":
+        trace = with_prompt_tokens(trace, vocab_size, seed=cfg.get("seed", 0))
+    return trace.to_requests(ignore_eos=True)
+
+
+def trace_info(trace: Trace) -> dict:
+    """What run.json records about the replayed trace."""
+    return {"name": trace.name, "source": trace.source, "requests": len(trace),
+            "duration_s": trace.duration_s, "notes": list(trace.notes),
+            "license": trace.license, "citation": trace.citation}
 
 
 def _trace_spec(trace_cfg: dict) -> dict:
