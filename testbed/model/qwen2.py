@@ -171,8 +171,8 @@ class Qwen2Model:
         cfg, n = self.config, x.shape[0]
         heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         qkv = layer.qkv_proj(x).reshape(n, heads + 2 * kv_heads, cfg.head_dim)
-        q, k, v = qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
-        q = rope(q, positions, cfg.rope_theta, self.kernels)
-        k = rope(k, positions, cfg.rope_theta, self.kernels)
+        # One rotary call over every head (V's rotated copy is unused): one kernel, no copies.
+        roped = rope(qkv, positions, cfg.rope_theta, self.kernels)
+        q, k, v = roped[:, :heads], roped[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
         out = attention(index, q, k, v)
         return layer.o_proj(out.reshape(n, cfg.num_attention_heads * cfg.head_dim))
