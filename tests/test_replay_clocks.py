@@ -8,15 +8,19 @@ requests are alike (same lengths), so the first one, given a long head start, me
 step shape first and pays the engine's one-off costs (compiling the decode step per batch
 bucket) in both runs; the others are compared.
 
-Tolerance: two replays measure the same work twice, and step times on a shared 2-core CPU
-vary by 30-50% from run to run, more for single steps (a prefill step here takes 0.15 or
-0.35 s from one request to the next); the host work the wall clock adds is a few percent.
-So the median E2E over the requests (16 steps each) must agree within a factor of 1.5, and
-the median TTFT (a single step) and each request's E2E within a factor of 2 -- far from the
-differences a clock bug makes (a missed idle jump adds a whole inter-arrival gap of 1 s or
-more, several times these latencies; a lost step drops its duration). Exact identities of
-each clock are checked as well: virtual latencies are sums of step times, wall latencies
-are at least that.
+Exact identities of each clock: virtual latencies are sums of the request's step times;
+wall latencies are at least that, and at most 0.2 s more (the loop's work between a
+request's 16 steps took 5-35 ms here; the rest is room for a process descheduled on a busy
+machine).
+
+Between the two runs, tolerance: a factor of 2 on the medians over the requests of E2E and
+TTFT. Both runs measure the same work, but on this shared 2-core machine the steps' own
+durations moved with the other processes' load (load average 2-5): back to back, the
+median E2E of the two runs differed by up to 1.8x, the same prefill step took 0.07 to
+0.48 s, and all of it was in the measured step times, none in the clocks. A clock bug is
+larger and of another kind: a missed idle jump or a wait for the wrong arrival shifts
+latencies by a whole inter-arrival gap (1.5 s, 2-5x these latencies), and the identities
+above catch lost or double-counted steps exactly.
 """
 import numpy as np
 import pytest
@@ -26,8 +30,8 @@ from replay_runs import config, write_trace
 from testbed.replay.recorder import read_run
 
 N = 7
-GAP_S = 1.0
-ARRIVALS = [0.0, *(5.0 + GAP_S * i for i in range(N - 1))]  # r0 warms the engine up
+GAP_S = 1.5
+ARRIVALS = [0.0, *(6.0 + GAP_S * i for i in range(N - 1))]  # r0 warms the engine up
 OVERRIDES = ("experiment=full", "engine=mlx", "model=qwen2-small", "engine.kv_memory_gb=0.01",
              "engine.host_kv_memory_gb=0", "report=false", "progress=false", "slo=none")
 
@@ -69,18 +73,17 @@ def test_virtual_latencies_are_sums_of_step_times(runs):
         assert row.ttft == pytest.approx(steps["seconds"].iloc[0], rel=1e-9)  # one prefill step
 
 
-def test_wall_latencies_include_the_step_times(runs):
+def test_wall_latencies_are_step_times_plus_the_loops_work(runs):
     data = runs["wall"]
     for row in data.requests.itertuples():
-        assert row.e2e >= own_steps(data, row)["seconds"].sum()
+        step_time = own_steps(data, row)["seconds"].sum()
+        assert step_time <= row.e2e <= step_time + 0.2
 
 
 def test_virtual_and_wall_latencies_agree(runs):
     v = runs["virtual"].requests.set_index("request_id").sort_index().drop("r0")
     w = runs["wall"].requests.set_index("request_id").sort_index().drop("r0")
     assert (v["n_output_tokens"] == w["n_output_tokens"]).all()
-    for metric, factor in (("e2e", 1.5), ("ttft", 2.0)):
+    for metric in ("e2e", "ttft"):
         ratio = w[metric].median() / v[metric].median()
-        assert 1 / factor <= ratio <= factor, (metric, v[metric].median(), w[metric].median())
-    per_request = w["e2e"] / v["e2e"]
-    assert ((per_request >= 0.5) & (per_request <= 2.0)).all(), per_request.to_dict()
+        assert 1 / 2 <= ratio <= 2, (metric, v[metric].median(), w[metric].median())
