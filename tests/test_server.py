@@ -355,6 +355,26 @@ def test_client_disconnect_aborts_and_frees_kv(server, model, stream):
     assert after["testbed_generation_tokens_total"] - before["testbed_generation_tokens_total"] < 400
 
 
+def test_a_burst_of_new_connections_is_served(server, model):
+    """Many clients connecting at once all get answers (none reset by a short listen queue)."""
+    errors, done = [], []
+
+    def one():
+        try:
+            status, payload = raw_post(server, "/v1/completions",
+                                       {"model": model, "prompt": "hi", "max_tokens": 1})
+            done.append((status, payload["usage"]["completion_tokens"]))
+        except OSError as e:
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and done == [(200, 1)] * 100
+
+
 # ---- concurrency, recording and replay -------------------------------------------------------
 
 def test_concurrent_clients_and_the_recording_replays(tmp_path, model, reference):

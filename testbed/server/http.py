@@ -37,6 +37,7 @@ GET_ROUTES = ("/v1/models", "/health", "/metrics")
 
 class OpenAIHTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client must not keep the process alive at shutdown
+    request_queue_size = socket.SOMAXCONN  # the default 5 resets bursts of new connections
 
     def __init__(self, address: tuple[str, int], app: Server):
         self.app = app
