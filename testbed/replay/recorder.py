@@ -160,6 +160,8 @@ def request_row(seq: Sequence, slo: SLO | None = None) -> dict[str, Any]:
 
 class Recorder:
     """Writes one run's steps, requests and (optionally) tokens into `run_dir`.
+    `step_columns` / `request_columns` add typed columns that every row of that table has
+    (e.g. a cluster's `replica`).
 
     `start(meta)`, then `step(row)` / `request(row)` / `token(...)` as the run goes, then
     `close(summary=...)` or `fail(reason)`. As a context manager it fails the run on any
@@ -167,13 +169,17 @@ class Recorder:
     normal exit if `close` was not called.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, tokens: bool = False, flush_every: int = 5000):
+    def __init__(self, run_dir: str | os.PathLike, *, tokens: bool = False, flush_every: int = 5000,
+                 step_columns: dict[str, pa.DataType] | None = None,
+                 request_columns: dict[str, pa.DataType] | None = None):
         if flush_every < 1:
             raise ValueError(f"flush_every must be >= 1, got {flush_every}")
         self.run_dir = Path(run_dir)
         self.flush_every = flush_every
-        self.steps = _Table(self.run_dir / "steps.parquet", STEP_SCHEMA, extras=True)
-        self.requests = _Table(self.run_dir / "requests.parquet", REQUEST_SCHEMA, extras=False)
+        self.steps = _Table(self.run_dir / "steps.parquet", {**STEP_SCHEMA, **(step_columns or {})},
+                            extras=True)
+        self.requests = _Table(self.run_dir / "requests.parquet",
+                               {**REQUEST_SCHEMA, **(request_columns or {})}, extras=False)
         self.tokens = (_Table(self.run_dir / "tokens.parquet", TOKEN_SCHEMA, extras=False)
                        if tokens else None)
         self.meta: dict[str, Any] = {}
