@@ -225,6 +225,8 @@ def _stream(result: ClientResult, server: Endpoint, model: str, t0: float, deadl
                        "stream_options": {"include_usage": True}})
     conn = server.connect(max(deadline - time.perf_counter(), 0.001))
     try:
+        conn.connect()
+        sock = conn.sock  # the response reads through it, also after `conn` lets go of it
         result.sent_s = time.perf_counter() - t0
         result.reason = "the stream ended without a finish reason"
         conn.request("POST", "/v1/completions", body=body,
@@ -235,7 +237,7 @@ def _stream(result: ClientResult, server: Endpoint, model: str, t0: float, deadl
             result.reason = f"HTTP {resp.status}: {_error_message(resp.read())}"
             return
         while True:
-            conn.sock.settimeout(max(deadline - time.perf_counter(), 0.001))
+            sock.settimeout(max(deadline - time.perf_counter(), 0.001))
             line = resp.readline()
             now = time.perf_counter() - t0
             if not line:

@@ -3,7 +3,10 @@ time, prompts as the trace gives them, client-side metrics consistent with the s
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pandas as pd
@@ -140,12 +143,57 @@ def test_loadgen_command_sends_a_bounded_trace(server, tmp_path, capsys):
         expected["prompt_len"].sum()
 
 
-def test_the_timeout_stops_sending_and_cuts_streams(server):
-    trace = trace_of([0.0, 0.0, 5.0, 9.0], [5, 5, 5, 5], [3, 450, 3, 3])
-    config = loadgen.LoadConfig(url=server.url, timeout_s=1.0)
-    planned = loadgen.plan_requests(trace, config, vocab_size=256)
-    results = {r.planned.request_id: r for r in
-               loadgen.run_load(planned, loadgen.endpoint(server.url), MODEL, config)}
+class SlowStreamServer(ThreadingHTTPServer):
+    """A stand-in OpenAI server whose streams send one token every 20 ms: a request of
+    more than 10 tokens outlasts any short timeout, whatever the machine's speed."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _SlowStreamHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _SlowStreamHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        n = body["max_tokens"]
+        try:
+            for i in range(n):
+                if n > 10:
+                    time.sleep(0.02)
+                last = "length" if i == n - 1 else None
+                self._event({"choices": [{"index": 0, "text": "t", "finish_reason": last}]})
+            self._event({"choices": [], "usage": {"prompt_tokens": len(body["prompt"]),
+                                                  "completion_tokens": n, "total_tokens": 0}})
+            self.wfile.write(b"data: [DONE]\n\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def _event(self, obj):
+        self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
+        self.wfile.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_timeout_stops_sending_and_cuts_streams():
+    stub = SlowStreamServer()
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    try:
+        trace = trace_of([0.0, 0.0, 5.0, 9.0], [5, 5, 5, 5], [3, 450, 3, 3])
+        config = loadgen.LoadConfig(url=stub.url, timeout_s=1.0)
+        planned = loadgen.plan_requests(trace, config, vocab_size=256)
+        results = {r.planned.request_id: r for r in
+                   loadgen.run_load(planned, loadgen.endpoint(stub.url), "stub", config)}
+    finally:
+        stub.shutdown()
+        stub.server_close()
     assert results["r0"].status == "finished" and results["r0"].n_output_tokens == 3
     assert results["r1"].status == "aborted" and "timeout" in results["r1"].reason
     assert 0 < len(results["r1"].token_times) < 450
