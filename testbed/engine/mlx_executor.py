@@ -32,7 +32,7 @@ from testbed.request import PENDING_TOKEN
 
 @dataclass(slots=True)
 class Launched:
-    sampled: mx.array  # [n] int32 token ids, being computed
+    sampled: mx.array | None  # [n] int32 token ids being computed; None if none samples
     seq_ids: list[int]  # the sequence of each row
     t_start: float
     host_seconds: float
@@ -63,24 +63,21 @@ class MLXExecutor:
         if pending:  # previous step's tokens, still on the device
             rows, prev_rows = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*pending))
             token_ids[rows] = self._last.sampled[prev_rows]
+        sample_rows = mx.array(np.asarray([r for r, _ in samplers], dtype=np.int32))
+        sampled = None
         if self._decode_step is not None and order and layout.num_decodes == len(order):
             logits = self._compiled_decodes(token_ids, positions, order)
-            sampled = self.sampler([s.seq for _, s in samplers], logits)
-        elif samplers:
+            if samplers:  # a one-token chunk inside a prompt computes but does not sample
+                logits = logits if len(samplers) == len(order) else logits[sample_rows]
+                sampled = self.sampler([s.seq for _, s in samplers], logits)
+        elif order:
             attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
             logits = self.model(token_ids, mx.array(positions), attention,
-                                logits_indices=mx.array(np.asarray([r for r, _ in samplers],
-                                                                   dtype=np.int32)))
-            sampled = self.sampler([s.seq for _, s in samplers], logits)
-        elif order:  # mid-prompt chunks only: fill the cache, sample nothing
-            attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
-            logits = self.model(token_ids, mx.array(positions), attention,
-                                logits_indices=mx.array([0], dtype=mx.int32))
-            sampled = mx.zeros((0,), dtype=mx.int32)
-            mx.async_eval(logits)
-        else:
-            sampled = mx.zeros((0,), dtype=mx.int32)
-        mx.async_eval(sampled, *self.pool.arrays())
+                                logits_indices=sample_rows)
+            if samplers:
+                sampled = self.sampler([s.seq for _, s in samplers], logits)
+        # A step of mid-prompt chunks only just fills the cache: the pools are its result.
+        mx.async_eval(*([sampled] if sampled is not None else []), *self.pool.arrays())
         launched = Launched(sampled, [s.seq.seq_id for _, s in samplers], t0,
                             time.perf_counter() - t0)
         self._last = launched
@@ -89,7 +86,9 @@ class MLXExecutor:
     def resolve(self, launched: Launched) -> StepResult:
         """Wait for a launched step's tokens. Its time runs from its launch, or from the
         previous step's end if it was launched while that one still ran (overlap)."""
-        ids = launched.sampled.tolist()
+        if launched.sampled is None:
+            mx.eval(*self.pool.arrays())
+        ids = [] if launched.sampled is None else launched.sampled.tolist()
         t_end = time.perf_counter()
         start = max(launched.t_start, self._last_resolved)
         self._last_resolved = t_end
