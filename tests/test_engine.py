@@ -50,13 +50,15 @@ def alone(model, req) -> list[int]:
 
 
 def make_engine(model, *, scheduler="vllm", cache="paged", blocks=64, host_blocks=0,
-                chunked=True, preemption="recompute", budget=64, max_seqs=8, overlap=False):
+                chunked=True, preemption="recompute", budget=64, max_seqs=8, overlap=False,
+                compile_decode=False):
     kv = make_kv_manager(cache, blocks, BLOCK, host_blocks)
     sched = make_scheduler(scheduler, {"max_num_seqs": max_seqs, "max_num_batched_tokens": budget,
                                        "enable_chunked_prefill": chunked,
                                        "preemption": preemption, "max_model_len": 512}, kv)
     pool = PagedKVPool(model.config, blocks, BLOCK, "float32", host_blocks)
-    return Engine(sched, MLXExecutor(model, pool, sample_sequences), overlap=overlap)
+    return Engine(sched, MLXExecutor(model, pool, sample_sequences, compile_decode),
+                  overlap=overlap)
 
 
 def run(engine, requests, stagger: int = 2):
@@ -119,11 +121,13 @@ def test_prefix_cache_skips_work_and_keeps_tokens(model, cache):
         assert warm[rid].output_token_ids == expected[rid]
 
 
-@pytest.mark.parametrize("cache", ["paged", "prefix"])
-def test_overlapped_steps_equal_alone(model, reference, cache):
+@pytest.mark.parametrize("cache,compile_decode", [("paged", False), ("prefix", False),
+                                                  ("paged", True)])
+def test_overlapped_steps_equal_alone(model, reference, cache, compile_decode):
     """Step N+1 launched before step N's tokens are read back: same tokens, same times order."""
     reqs, expected = reference
-    seqs, _ = run(make_engine(model, cache=cache, blocks=96, overlap=True), reqs)
+    seqs, _ = run(make_engine(model, cache=cache, blocks=96, overlap=True,
+                              compile_decode=compile_decode), reqs)
     for rid, seq in seqs.items():
         assert seq.status.value == "finished", (rid, seq.reason)
         assert seq.output_token_ids == expected[rid], rid

@@ -9,11 +9,13 @@ starts it on the device (`mx.async_eval`); `resolve(handle)` waits for its token
 the two the engine schedules and launches the next step: a token the previous step sampled
 but nobody has read yet (`PENDING_TOKEN` in the sequence) is fed to it from device memory.
 
-Steps of decodes only -- the steady state of serving -- run through one `mx.compile`d
-function (model + paged attention, pools in and out), so building their graph costs one
-call instead of hundreds of Python-level ops. Its batch is padded to a few bucket sizes (the
-padding rows decode into the pool's scratch block) so it compiles once per bucket, not once
-per batch size.
+With `compile_decode=True`, steps of decodes only -- the steady state of serving -- run
+through one `mx.compile`d function (model + paged attention, pools in and out), so building
+their graph costs one call instead of hundreds of Python-level ops. Its batch is padded to a
+few bucket sizes (the padding rows decode into the pool's scratch block) so it compiles once
+per bucket. It is off by default: on the H200 it did not shorten a step (the host time
+there is MLX's per-kernel launch work, which compiling does not remove), and under MLX's
+CUDA graphs it hit `cudaGraphAddKernelNode ... invalid argument` in some tests.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ class Launched:
 
 
 class MLXExecutor:
-    def __init__(self, model, pool: PagedKVPool, sampler, compile_decode: bool = True):
+    def __init__(self, model, pool: PagedKVPool, sampler, compile_decode: bool = False):
         self.model = model
         self.pool = pool
         self.sampler = sampler
