@@ -138,6 +138,8 @@ class Qwen2Model:
                 gate_up_proj=projection([m + "gate_proj", m + "up_proj"]),
                 down_proj=projection([m + "down_proj"]),
             ))
+            mx.eval(_arrays(self.layers[-1]))  # materialize the stacked weights layer by layer
+        mx.eval(_arrays([self.embed, self.lm_head, self.norm]))
 
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None,
                scale: float) -> mx.array:
@@ -176,3 +178,14 @@ class Qwen2Model:
         q, k, v = roped[:, :heads], roped[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
         out = attention(index, q, k, v)
         return layer.o_proj(out.reshape(n, cfg.num_attention_heads * cfg.head_dim))
+
+
+def _arrays(obj) -> list[mx.array]:
+    """Every array held by a (nested) dataclass / list of projections and layers."""
+    if isinstance(obj, mx.array):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [a for item in obj for a in _arrays(item)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [a for name in obj.__dataclass_fields__ for a in _arrays(getattr(obj, name))]
+    return []
