@@ -4,30 +4,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from testbed.model.config import ModelConfig
+from testbed.model.qwen2 import expected_shapes  # the one definition of a checkpoint's tensors
 
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Hugging Face name -> shape for every weight the model reads ([out, in] for linears)."""
-    h, inter, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    kv = cfg.num_key_value_heads * cfg.head_dim
-    shapes = {"model.embed_tokens.weight": (vocab, h)}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "input_layernorm.weight": (h,),
-            p + "self_attn.q_proj.weight": (h, h), p + "self_attn.q_proj.bias": (h,),
-            p + "self_attn.k_proj.weight": (kv, h), p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.v_proj.bias": (kv,),
-            p + "self_attn.o_proj.weight": (h, h),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "mlp.gate_proj.weight": (inter, h),
-            p + "mlp.up_proj.weight": (inter, h),
-            p + "mlp.down_proj.weight": (h, inter),
-        })
-    shapes["model.norm.weight"] = (h,)
-    if not cfg.tie_word_embeddings:
-        shapes["lm_head.weight"] = (vocab, h)
-    return shapes
+__all__ = ["expected_shapes", "is_norm", "check_shapes"]
 
 
 def is_norm(name: str) -> bool:
