@@ -5,12 +5,11 @@ import re
 import mlx.core as mx
 import pytest
 
-from experiments.replay import _trace_spec
+from experiments.replay import experiment_trace
 from replay_runs import config, run_replay
 from testbed.replay.recorder import read_run
 from testbed.stack import resolve_dtype
 from testbed.traces import load_trace
-from testbed.traces.build import build_trace
 
 
 def test_defaults_pick_the_main_job():
@@ -22,7 +21,7 @@ def test_defaults_pick_the_main_job():
 
 
 def test_default_trace_is_a_scaled_head_of_azure_conv():
-    sample = build_trace(_trace_spec(config()["trace"])).df
+    sample = experiment_trace(config()).df
     whole = load_trace("azure_conv").df.iloc[:100]
     assert list(sample["request_id"]) == list(whole["request_id"])
     assert (sample["arrival_s"] == whole["arrival_s"] * 2).all()  # half the recorded rate
