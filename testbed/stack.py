@@ -38,15 +38,17 @@ def build_stack(cfg: Mapping) -> Stack:
     else:
         raise ValueError(f"engine.kind={kind!r}: choose one of mlx, sim")
     cache = dict(cfg["cache"])
-    kv = make_kv_manager(cache["name"], num_blocks, int(cache.get("block_size", 16)), num_host,
-                         cache.get("eviction", "lru"))
     sched_cfg = {k: v for k, v in dict(cfg["scheduler"]).items() if k != "name"}
     sched_cfg["max_model_len"] = min(int(sched_cfg.get("max_model_len", 1 << 30)),
                                      model_config.max_position_embeddings)
+    kv = make_kv_manager(cache["name"], num_blocks, int(cache.get("block_size", 16)), num_host,
+                         cache.get("eviction", "lru"), cache.get("reservation", "exact"),
+                         sched_cfg["max_model_len"])
     scheduler = make_scheduler(cfg["scheduler"]["name"], sched_cfg, kv)
     clock = make_clock(dict(cfg.get("clock") or {"kind": "virtual"})["kind"])
     info = {"engine": kind, "model": model_config.to_dict(), "scheduler": cfg["scheduler"]["name"],
             "cache": cache["name"], "eviction": cache.get("eviction"),
+            "reservation": cache.get("reservation"),
             "block_size": kv.block_size, "kv_blocks": num_blocks, "kv_host_blocks": num_host,
             **extra}
     overlap = kind == "mlx" and bool(engine_cfg.get("overlap", False))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from testbed.kv.base import KVManager, KVStats, num_blocks_for_budget
 from testbed.kv.caching import CachingKVManager
-from testbed.kv.contiguous import ContiguousKVManager
+from testbed.kv.contiguous import RESERVATIONS, ContiguousKVManager
 from testbed.kv.eviction import EVICTION_KEYS
 from testbed.kv.paged import PagedKVManager
 from testbed.kv.prefix import PrefixKVManager
@@ -18,14 +18,21 @@ KV_MANAGERS.register("radix")(RadixKVManager)
 
 
 def make_kv_manager(name: str, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0,
-                    eviction: str = "lru") -> KVManager:
+                    eviction: str = "lru", reservation: str = "exact",
+                    max_model_len: int | None = None) -> KVManager:
     """Build a KV manager by name. `eviction` (lru | lfu | fifo) matters to `prefix` and `radix`
-    only; it is still checked for the others, so one cache config can sweep every manager."""
+    only, `reservation` (exact | pow2 | max, with `max_model_len`) to `contiguous` only; both
+    are still checked for the others, so one cache config can sweep every manager."""
     factory = KV_MANAGERS.get(name)
     if eviction not in EVICTION_KEYS:
         raise ValueError(f"unknown eviction policy {eviction!r}; choose one of: {', '.join(EVICTION_KEYS)}")
+    if reservation not in RESERVATIONS:
+        raise ValueError(f"unknown contiguous reservation {reservation!r}; choose one of: "
+                         f"{', '.join(RESERVATIONS)}")
     if issubclass(factory, CachingKVManager):
         return factory(num_blocks, block_size, num_host_blocks, eviction)
+    if factory is ContiguousKVManager:
+        return factory(num_blocks, block_size, num_host_blocks, reservation, max_model_len)
     return factory(num_blocks, block_size, num_host_blocks)
 
 

@@ -5,6 +5,11 @@ allocation a sequence reserves one run of adjacent blocks for its maximum length
 This shows both kinds of waste paging removes: reserved-but-unused tokens inside a run
 (internal fragmentation) and free blocks split into runs too short for the next request
 (external fragmentation; first fit).
+
+How much a sequence reserves (`reservation`, the three Orca baselines of the vLLM paper):
+`exact` its own maximum, prompt + output_len (Orca Oracle: a replayed trace knows each
+output length); `pow2` that rounded up to a power of two (Orca Pow2); `max` the model's
+`max_model_len` for every request (Orca Max).
 """
 from __future__ import annotations
 
@@ -15,9 +20,20 @@ from testbed.kv.host import HostPool
 from testbed.request import Sequence
 
 
+RESERVATIONS = ("exact", "pow2", "max")
+
+
 class ContiguousKVManager:
-    def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0):
+    def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0,
+                 reservation: str = "exact", max_model_len: int | None = None):
         check_pool_sizes(num_blocks, block_size, num_host_blocks)
+        if reservation not in RESERVATIONS:
+            raise ValueError(f"unknown contiguous reservation {reservation!r}; choose one of: "
+                             f"{', '.join(RESERVATIONS)}")
+        if reservation == "max" and not (max_model_len and max_model_len >= 1):
+            raise ValueError(f"reservation 'max' needs max_model_len >= 1, got {max_model_len}")
+        self.reservation = reservation
+        self.max_model_len = max_model_len
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.num_host_blocks = num_host_blocks
@@ -89,7 +105,15 @@ class ContiguousKVManager:
         return pairs
 
     def _reservation(self, seq: Sequence) -> int:
-        return cdiv(seq.max_tokens, self.block_size)
+        """Blocks reserved for `seq` (never fewer than its own maximum needs)."""
+        tokens = seq.max_tokens
+        if self.reservation == "pow2":
+            tokens = 1 << (tokens - 1).bit_length()
+            if self.max_model_len:
+                tokens = max(min(tokens, self.max_model_len), seq.max_tokens)
+        elif self.reservation == "max":
+            tokens = max(self.max_model_len, tokens)
+        return cdiv(tokens, self.block_size)
 
     def _reserve(self, seq: Sequence) -> bool:
         """First fit: the lowest free run long enough for the whole reservation."""
