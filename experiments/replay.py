@@ -15,6 +15,12 @@ import shutil
 import sys
 from pathlib import Path
 
+# One BLAS thread per replay unless told otherwise; OpenBLAS reads this when `import testbed`
+# loads it, just below. A serving step's matmuls are small, and on a machine shared with
+# other jobs (or a sweep's parallel jobs) a second thread cost 2.5-3.5x here instead of
+# gaining. On a large idle CPU set OPENBLAS_NUM_THREADS yourself.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -136,8 +142,6 @@ def _main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    # Launched jobs of a multirun inherit this; 2 BLAS threads per run on a 2-core machine is plenty.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
     _main()
 
 
