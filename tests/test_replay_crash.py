@@ -13,7 +13,7 @@ from experiments.replay import run_experiment
 from replay_runs import REPO, SIM_TINY, config, replay_command, replay_env, write_trace
 from testbed.replay.driver import StalledError
 from testbed.replay.recorder import read_run
-from testbed.sim import SimExecutor
+from testbed.stack import build_stack
 
 TABLES = ("steps.parquet", "requests.parquet", "tokens.parquet")
 
@@ -85,21 +85,26 @@ def test_interrupt_marks_the_run_failed(tmp_path):
     assert data.meta["counts"]["requests"] == len(data.requests)  # every row was flushed
 
 
-def test_exception_marks_the_run_failed_and_keeps_its_rows(tmp_path, monkeypatch):
-    execute = SimExecutor.execute
-    calls = []
+class FailingExecutor:
+    """An executor that fails on its `fail_at`-th step (as a device error would)."""
 
-    def failing(self, plan):
-        calls.append(1)
-        if len(calls) > 150:
+    def __init__(self, inner, fail_at: int):
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+
+    def execute(self, plan):
+        self.calls += 1
+        if self.calls == self.fail_at:
             raise RuntimeError("device lost")
-        return execute(self, plan)
+        return self.inner.execute(plan)
 
-    monkeypatch.setattr(SimExecutor, "execute", failing)
+
+def test_exception_marks_the_run_failed_and_keeps_its_rows(tmp_path):
     trace = spaced_trace(tmp_path / "trace.csv", 40, gap_s=0.05)
     cfg = config(*SIM_TINY, "trace=generic", f"trace.path={trace}", "flush_every=1000")
+    stack = build_stack(cfg)
+    stack.engine.executor = FailingExecutor(stack.engine.executor, fail_at=151)
     with pytest.raises(RuntimeError, match="device lost"):
-        run_experiment(cfg, tmp_path / "run")
+        run_experiment(cfg, tmp_path / "run", stack=stack)
 
     data = read_run(tmp_path / "run")
     assert data.meta["status"] == "failed: RuntimeError: device lost"
