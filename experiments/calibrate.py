@@ -5,9 +5,13 @@
 Runs a grid of small synthetic workloads straight through the real engine (`Engine` around
 `MLXExecutor`, virtual clock): decode batches at several context lengths, one prompt
 prefilled in chunks of several sizes, fresh prompts prefilled together, and prompt chunks
-mixed into running decodes. The grid runs once to warm up first (MLX builds a graph for each
-new shape: a server pays that once, at start-up, not per step), then again while every step
-is logged. A random part of the logged steps fits the cost model; the rest measures it.
+mixed into running decodes. Or (`calibration.source=trace`) it replays a window of the
+experiment's trace that `calibration.trace_transforms` picks. The workload runs once to
+warm up first (MLX builds a graph for each new shape: a server pays that once, at start-up,
+not per step), then again while every step is logged. A random part of the logged steps
+fits the cost model; the rest measures it. `timer` says how a step is timed: `wall` as the
+engine measures it, or `cpu`, the process's CPU time with one BLAS thread, which other jobs
+on a shared machine cannot inflate (`auto`: cpu on MLX's CPU device, wall on a GPU).
 Writes into the run directory:
 
     profile/            the measured steps and requests, a run directory of their own
@@ -23,6 +27,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,10 +41,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import testbed  # noqa: F401  (fast BLAS before mlx)
+from experiments.replay import experiment_trace, trace_info, trace_requests
+from testbed import blas
 from testbed.engine.engine import Engine
 from testbed.kv import make_kv_manager
 from testbed.replay.clock import Clock, VirtualClock
-from testbed.replay.driver import step_row
+from testbed.replay.driver import replay, step_row
+from testbed.plan import StepPlan, StepResult
 from testbed.replay.recorder import Recorder, read_run, request_row
 from testbed.request import Request, SamplingParams
 from testbed.sched import make_scheduler
@@ -48,6 +56,51 @@ from testbed.stack import Stack, build_stack
 
 ERRORS = (("mape", "MAPE"), ("median_ape", "median APE"), ("p90_ape", "p90 APE"), ("r2", "R^2"),
           ("n", "steps"))
+
+
+TIMERS = ("auto", "wall", "cpu")
+SOURCES = ("grid", "trace")
+
+
+class CPUTimedExecutor:
+    """Times each step by the CPU time the process spends on it instead of the wall clock.
+
+    On a machine shared with other jobs, a step's wall time also counts the time it waited
+    for a core, which comes and goes with the neighbours' load (a factor of 5 within one run
+    on a busy 2-core machine). With one BLAS thread and one step at a time, the CPU time of
+    a step is what it takes on an idle core. Only for MLX's CPU device: time spent on a GPU
+    is no CPU time. The inner executor's host/device split stays in wall seconds."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        t0 = time.process_time()
+        result = self.inner.execute(plan)
+        result.seconds = time.process_time() - t0
+        return result
+
+
+def use_timer(stack: Stack, timer: str) -> str:
+    """Time the real engine of `stack` by `timer`: `wall` (as the executor measures), `cpu`
+    (`CPUTimedExecutor`, one BLAS thread), or `auto` (cpu on MLX's CPU device, else wall).
+    Returns the timer used, also recorded in `stack.info`."""
+    if timer not in TIMERS:
+        raise ValueError(f"timer={timer!r}: choose one of {', '.join(TIMERS)}")
+    on_cpu = "cpu" in stack.info["device"].lower()
+    if timer == "auto":
+        timer = "cpu" if on_cpu else "wall"
+    if timer == "cpu":
+        if not on_cpu:
+            raise ValueError(f"timer=cpu measures CPU time, but the engine runs on "
+                             f"{stack.info['device']}: use timer=wall")
+        if stack.engine.overlap:
+            raise ValueError("timer=cpu times one step at a time: set engine.overlap=false")
+        blas.set_threads(1)
+        stack.engine.executor = CPUTimedExecutor(stack.engine.executor)
+        stack.info["blas_threads"] = 1
+    stack.info["timer"] = timer
+    return timer
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +132,14 @@ def grid_workloads(grid: Mapping) -> list[Workload]:
     for batch in grid["decode_batches"]:
         for context in grid["contexts"]:
             # One request computes the shared prompt, the others then hit the cache for it
-            # (their short remainders are one step), and all decode together.
+            # (their short remainders are one step), and all decode together for `steps`
+            # steps; then they finish one after another, so the batch shrinks through
+            # every size below `batch` (real batches come in every size, not just the grid's).
             p = next(prompt_ids)
+            outputs = [steps + i * steps // batch for i in range(batch)]
             out.append(Workload(f"decode b={batch} ctx={context}", (
-                (Spec(p, context, steps),),
-                tuple(Spec(p, context, steps) for _ in range(batch - 1)))))
+                (Spec(p, context, outputs[-1]),),
+                tuple(Spec(p, context, n) for n in outputs[:-1]))))
     for chunk in grid["prefill_chunks"]:
         out.append(Workload(f"prefill chunk={chunk}",
                             ((Spec(next(prompt_ids), int(grid["prefill_len"]), 1),),), int(chunk)))
@@ -164,19 +220,47 @@ class GridRunner:
 
 
 def profile(stack: Stack, cfg: Mapping, run_dir: Path) -> pd.DataFrame:
-    """Warm up on the grid, then run it `repeats` times logging every step into `run_dir`
-    (a run directory); returns the measured steps."""
+    """Warm up (`warmup_passes`), then run the calibration workload `repeats` times logging
+    every step into `run_dir` (a run directory); returns the measured steps. The workload
+    is the grid (`source: grid`) or a replay of the window of the experiment's trace that
+    `trace_transforms` picks (`source: trace`)."""
     cal = cfg["calibration"]
-    workloads = grid_workloads(cal["grid"])
-    runner = GridRunner(stack, cfg, int(cfg.get("seed", 0)))
-    for _ in range(int(cal["warmup_passes"])):
-        runner.run(workloads)
-    with Recorder(run_dir) as recorder:
-        recorder.start({"experiment": "calibration profile", "config": cfg,
-                        "workloads": [w.name for w in workloads], **stack.info})
-        for _ in range(int(cal["repeats"])):
+    source = cal.get("source", "grid")
+    if source == "grid":
+        workloads = grid_workloads(cal["grid"])
+        runner = GridRunner(stack, cfg, int(cfg.get("seed", 0)))
+        what = {"workloads": [w.name for w in workloads]}
+
+        def run(recorder: Recorder | None = None) -> None:
             runner.run(workloads, recorder)
+    elif source == "trace":
+        trace_cfg = calibration_trace_config(cfg)
+        trace = experiment_trace(trace_cfg)
+        requests = trace_requests(trace, trace_cfg, stack.model_config.vocab_size)
+        what = {"trace": trace_info(trace)}
+
+        def run(recorder: Recorder | None = None) -> None:
+            replay(requests, engine_around(stack, cfg, VirtualClock()), recorder)
+    else:
+        raise ValueError(f"calibration.source={source!r}: choose one of {', '.join(SOURCES)}")
+    for _ in range(int(cal["warmup_passes"])):
+        run()
+    with Recorder(run_dir) as recorder:
+        recorder.start({"experiment": "calibration profile", "config": cfg, **what, **stack.info})
+        for _ in range(int(cal["repeats"])):
+            run(recorder)
     return read_run(run_dir).steps
+
+
+def calibration_trace_config(cfg: Mapping) -> dict:
+    """The experiment's config with `calibration.trace_transforms` over its trace's
+    transforms: the trace window calibration replays (`source: trace`)."""
+    if "trace" not in cfg:
+        raise ValueError("calibration.source=trace needs a trace config (the `trace` group)")
+    trace = dict(cfg["trace"])
+    trace["transforms"] = {**dict(trace.get("transforms") or {}),
+                           **dict(cfg["calibration"].get("trace_transforms") or {})}
+    return {**cfg, "trace": trace}
 
 
 def split_steps(steps: pd.DataFrame, held_out: float, seed: int = 0
@@ -205,7 +289,8 @@ def calibrate(stack: Stack, cfg: Mapping, out_dir: str | Path) -> dict:
         shutil.copyfile(fitted_path, cfg["fitted_path"])
     record = {"fitted_path": str(fitted_path.resolve()), "model": stack.model_config.name,
               "dtype": stack.info["dtype"], "device": stack.info["device"],
-              "blas": stack.info.get("blas"), "grid": dict(cal["grid"]),
+              "blas": stack.info.get("blas"), "timer": stack.info.get("timer", "wall"),
+              "source": cal.get("source", "grid"), "grid": dict(cal["grid"]),
               "steps": len(steps), "train_steps": len(train), "held_out_steps": len(test),
               "train_error": model.train_error, "held_out_error": evaluate(model, test),
               "regimes": model.to_dict()["regimes"]}
@@ -269,9 +354,10 @@ def _main(cfg: DictConfig) -> None:
         raise ValueError("calibration measures the real engine: engine=mlx")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     stack = build_stack(cfg)
+    use_timer(stack, cfg.get("timer", "auto"))
     record = calibrate(stack, cfg, run_dir)
     print(f"calibrated {record['model']} {record['dtype']} on {record['device']} "
-          f"({record['steps']} steps after warm-up)")
+          f"({record['steps']} steps after warm-up, timed by the {record['timer']} clock)")
     print(format_errors(record))
     print(f"\nfitted_path: {cfg.get('fitted_path') or record['fitted_path']}")
     print(f"run directory: {run_dir.resolve()}")

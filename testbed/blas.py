@@ -119,3 +119,32 @@ def _build_shim(openblas: Path) -> Path | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return shim
+
+
+def set_threads(n: int) -> bool:
+    """Set the number of threads of the loaded OpenBLAS at run time (its environment
+    variables are read only when it loads). False when no OpenBLAS is loaded."""
+    for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads"):
+        fn = _global_symbol(name)
+        if fn is not None:
+            fn.argtypes = [ctypes.c_int]
+            fn(int(n))
+            return True
+    return False
+
+
+def threads() -> int | None:
+    """The loaded OpenBLAS's thread count (None when no OpenBLAS is loaded)."""
+    for name in ("openblas_get_num_threads", "scipy_openblas_get_num_threads"):
+        fn = _global_symbol(name)
+        if fn is not None:
+            fn.restype = ctypes.c_int
+            return int(fn())
+    return None
+
+
+def _global_symbol(name: str):
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (AttributeError, OSError):
+        return None

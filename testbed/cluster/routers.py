@@ -9,7 +9,8 @@
   than the least loaded one, so one hot prefix cannot pile everything onto one replica.
   Only computed blocks count: a prompt still waiting to be prefilled on a replica is not
   seen there yet.
-Ties go to the lowest replica index, so routing is deterministic.
+Routing is deterministic: equal loads go to the replica that was given fewer requests so
+far, then to the lowest index.
 """
 from __future__ import annotations
 
@@ -67,7 +68,9 @@ class PrefixAffinityRouter:
 
 
 def least_loaded(replicas: list[Replica]) -> Replica:
-    return min(replicas, key=lambda r: (r.outstanding_tokens(), r.index))
+    """Fewest outstanding tokens; among equals, fewest requests routed so far (idle
+    replicas take turns), then the lowest index."""
+    return min(replicas, key=lambda r: (r.outstanding_tokens(), r.routed, r.index))
 
 
 def make_router(cfg: Mapping | str) -> Router:
