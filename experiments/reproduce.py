@@ -1,0 +1,70 @@
+"""Reproduce a published comparison in one command: a preset's sweep, then its figures and table.
+
+    python -m experiments.reproduce NAME [--sweep-dir DIR] [--out DIR] [overrides...]
+
+NAME is a preset with a comparison (`conf/experiment/NAME.yaml`: vllm_paging,
+sarathi_chunking, orca_iteration, prefix_capacity, sjf_vs_fcfs). The sweep is the preset's
+multirun, `python -m experiments.replay -m experiment=NAME hydra.sweep.dir=DIR [overrides]`,
+run as its own process; runs already completed in DIR are skipped, so an interrupted
+reproduction picks up where it stopped. Then `analysis.papers` writes the figures,
+comparison.md and comparison.parquet into `--out` (default DIR/comparison). Overrides change
+the preset like any Hydra override, e.g. `engine=mlx model=qwen2-small` for the real engine
+or `trace.transforms.rate_scale=0.2,0.4` for fewer points.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("vllm_paging", "sarathi_chunking", "orca_iteration", "prefix_capacity", "sjf_vs_fcfs")
+
+
+def sweep_command(name: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
+    """The multirun that makes the preset's runs."""
+    return [sys.executable, "-m", "experiments.replay", "-m", f"experiment={name}",
+            f"hydra.sweep.dir={sweep_dir}", *overrides]
+
+
+def reproduce(name: str, sweep_dir: str | Path | None = None, out: str | Path | None = None,
+              overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Run the preset's sweep into `sweep_dir` and write its comparison; returns comparison.md."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    sweep_dir = Path(sweep_dir or REPO / "multirun" / "reproduce" / name).resolve()
+    command = sweep_command(name, sweep_dir, list(overrides))
+    print("[reproduce] " + " ".join(command[1:]), flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO)
+    if done.returncode != 0:
+        raise RuntimeError(f"the sweep of {name} failed (exit status {done.returncode}); "
+                           f"completed runs stay in {sweep_dir}")
+    print(f"[reproduce] sweep took {time.perf_counter() - start:,.0f} s", flush=True)
+    from analysis.papers import write_comparison
+
+    return write_comparison(sweep_dir, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.reproduce",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=PRESETS, help="the preset to reproduce")
+    parser.add_argument("--sweep-dir", help="the multirun directory (default multirun/reproduce/NAME)")
+    parser.add_argument("--out", help="figures and comparison.md (default SWEEP_DIR/comparison)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the preset")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        path = reproduce(args.name, args.sweep_dir, args.out, args.overrides)
+    except (ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path.read_text())
+    print(f"[reproduce] {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
