@@ -13,7 +13,7 @@ from testbed import blas
 from testbed.engine.engine import Engine
 from testbed.kv import make_kv_manager, num_blocks_for_budget
 from testbed.model.config import ModelConfig, named_config
-from testbed.replay.clock import make_clock
+from testbed.replay.clock import VirtualClock, make_clock
 from testbed.sched import make_scheduler
 
 GB = 1e9
@@ -52,9 +52,23 @@ def build_stack(cfg: Mapping) -> Stack:
             "block_size": kv.block_size, "kv_blocks": num_blocks, "kv_host_blocks": num_host,
             **extra}
     overlap = kind == "mlx" and bool(engine_cfg.get("overlap", False))
-    return Stack(Engine(scheduler, executor, clock, overlap=overlap), model_config,
+    fast_forward = _fast_forward(engine_cfg, clock)
+    return Stack(Engine(scheduler, executor, clock, overlap=overlap, fast_forward=fast_forward),
+                 model_config,
                  extra.pop("_tokenizer", None),
                  extra.pop("_eos", ()), {k: v for k, v in info.items() if not k.startswith("_")})
+
+
+def _fast_forward(engine_cfg: Mapping, clock) -> bool:
+    """`engine.fast_forward`: the simulator takes runs of plain decode steps at once (default
+    on). On the wall clock every step takes its real time, so it runs them one by one."""
+    wanted = engine_cfg.get("fast_forward")
+    if engine_cfg.get("kind") != "sim":
+        if wanted:
+            raise ValueError("engine.fast_forward=true needs the simulator (engine=sim): the real "
+                             "engine runs every step")
+        return False
+    return (wanted is None or bool(wanted)) and isinstance(clock, VirtualClock)
 
 
 def model_spec(model_cfg: Mapping) -> str:

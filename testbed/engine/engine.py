@@ -12,17 +12,28 @@ then books step N's tokens as placeholders (`PENDING`) and the executor feeds th
 N+1 straight from device memory; `step()` fills in their values, times and stop-token ends
 when it resolves step N. A sequence stopped by a stop token this way has computed one token
 too many, which is dropped. Outputs are identical to the synchronous loop.
+
+With `fast_forward=True` (the simulator: a synchronous engine on the virtual clock whose
+executor prices decode steps in bulk, `decode_seconds`) `fast_forward_steps` takes a run of
+plain decode steps at once, as vLLM's multi-step scheduling does: when nothing can be
+admitted and every running sequence decodes, the coming steps differ only by their contexts
+and by who has finished, so they are priced in one vectorized call and applied in one go
+(`testbed.sched.decode_run`), with the same tokens, times, KV calls and step log as one
+step at a time. The real engine always steps one by one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import count
 
+import numpy as np
+
 from testbed.engine.base import Executor
 from testbed.plan import StepPlan, StepResult
 from testbed.replay.clock import Clock, VirtualClock
 from testbed.request import PENDING_TOKEN, Request, Sequence, SeqStatus
-from testbed.sim.features import StepFeatures, step_features
+from testbed.sched.decode_run import DecodeRun
+from testbed.sim.features import StepFeatures, decode_features, step_features
 
 
 @dataclass(slots=True)
@@ -53,6 +64,29 @@ class StepOutput:
 
 
 @dataclass(slots=True)
+class StepRun:
+    """Consecutive decode-only steps taken at once (fast-forward), as columns: entry j is step
+    `first_index + j`. Times are the executor's `decode_seconds`, all device time (as the
+    simulator reports a step). Nothing is admitted, preempted or swapped during a run, so the
+    queues keep `n_waiting` / `n_swapped` and every running sequence is in `features.n_seqs`."""
+
+    first_index: int
+    t_start: np.ndarray
+    t_end: np.ndarray
+    seconds: np.ndarray
+    features: StepFeatures  # fields are arrays (one entry per step) or numbers (same in all)
+    kv_blocks_used: np.ndarray  # once each step was scheduled
+    kv_blocks_free: np.ndarray
+    n_waiting: int
+    n_swapped: int
+    finished: list[Sequence]  # in the order step-by-step updates would have reported them
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.seconds)
+
+
+@dataclass(slots=True)
 class _InFlight:
     index: int
     t_start: float
@@ -66,16 +100,21 @@ class _InFlight:
 
 class Engine:
     def __init__(self, scheduler, executor: Executor, clock: Clock | None = None,
-                 overlap: bool = False):
+                 overlap: bool = False, fast_forward: bool = False):
         if overlap and not hasattr(executor, "launch"):
             raise ValueError(f"overlap=True needs an executor with launch/resolve; "
                              f"{type(executor).__name__} has none")
+        clock = clock or VirtualClock()
+        if fast_forward and (overlap or not isinstance(clock, VirtualClock)):
+            raise ValueError("fast_forward=True needs a synchronous engine (overlap=False) on "
+                             f"the virtual clock; got overlap={overlap}, {type(clock).__name__}")
         self.scheduler = scheduler
         self.executor = executor
-        self.clock = clock or VirtualClock()
+        self.clock = clock
         self.overlap = overlap
+        self.fast_forward = fast_forward
         self._ids = count()
-        self._steps = count()
+        self._steps = 0  # index of the next step
         self._live: dict[str, Sequence] = {}
         self._inflight: _InFlight | None = None
         self._hits = scheduler.kv.stats.hit_tokens
@@ -114,8 +153,56 @@ class Engine:
         tokens = result.tokens
         new_tokens = [(s.seq, tokens[s.seq.seq_id]) for s in plan.scheduled if s.seq.seq_id in tokens]
         self._forget(finished)
-        return StepOutput(next(self._steps), t_start, t_end, plan, result, features, occupancy,
+        return StepOutput(self._next_index(), t_start, t_end, plan, result, features, occupancy,
                           new_tokens, finished)
+
+    # -- many decode steps at once ---------------------------------------------------------------
+
+    def fast_forward_steps(self, until: float, max_steps: int | None = None) -> StepRun | None:
+        """Take the coming steps at once if they are plain decodes: those that start before
+        `until` (the next arrival; the first step always), at most `max_steps`. None when
+        fast-forward is off, the executor cannot price decode steps in bulk, or the next step
+        is anything else: then `step()`."""
+        price = getattr(self.executor, "decode_seconds", None)
+        if not self.fast_forward or price is None:
+            return None
+        sched = self.scheduler
+        run = sched.plan_decodes(self.clock.now, self.executor.token_id)
+        if run is None:
+            return None
+        limit = run.max_steps if max_steps is None else min(run.max_steps, max_steps)
+        if limit < 1:
+            return None
+        n_decodes, sum_context, seconds, t_end = self._price(run, limit, until, price)
+        t_start = np.concatenate(([self.clock.now], t_end[:-1]))
+        n_waiting, n_swapped = sched.num_waiting, sched.num_swapped
+        finished, used, free = sched.apply_decodes(run, t_end.tolist())
+        self.clock.wait_until(float(t_end[-1]))
+        self._forget(finished)
+        first = self._next_index(len(seconds))
+        return StepRun(first, t_start, t_end, seconds, decode_features(n_decodes, sum_context),
+                       used, free, n_waiting, n_swapped, finished)
+
+    def _price(self, run: DecodeRun, limit: int, until: float, price) -> tuple[np.ndarray, ...]:
+        """Decodes, summed context, seconds and end times of the steps of `run` that start
+        before `until` (at least one, at most `limit`), priced a growing chunk at a time."""
+        t, taken, size, chunks = self.clock.now, 0, 32, []
+        while taken < limit:
+            stop = min(limit, taken + size)
+            n_decodes, sum_context = run.shape(taken, stop)
+            seconds = price(n_decodes, sum_context)
+            # Running sums left to right, exactly as the clock adds step after step.
+            ends = np.cumsum(np.concatenate(([t], seconds)))
+            starting = int(np.searchsorted(ends[:-1], until)) or (1 if taken == 0 else 0)
+            chunks.append((n_decodes[:starting], sum_context[:starting], seconds[:starting],
+                           ends[1:starting + 1]))
+            taken += starting
+            if taken < stop:
+                break
+            t, size = ends[-1], size * 4
+        if len(chunks) == 1:
+            return chunks[0]
+        return tuple(np.concatenate(parts) for parts in zip(*chunks))
 
     # -- pipelined: launch step N+1, then resolve step N -------------------------------------
 
@@ -134,7 +221,7 @@ class Engine:
         samples = [(s.seq, s.seq.num_output_tokens) for s in plan.scheduled if s.samples]
         placeholders = StepResult({seq.seq_id: PENDING_TOKEN for seq, _ in samples}, 0.0)
         finished = self.scheduler.update(plan, placeholders, t_start)
-        return _InFlight(next(self._steps), t_start, plan, features, occupancy, handle,
+        return _InFlight(self._next_index(), t_start, plan, features, occupancy, handle,
                          finished, samples)
 
     def _resolve(self, step: _InFlight) -> StepOutput:
@@ -179,6 +266,11 @@ class Engine:
         new_hits, self._hits = hits - self._hits, hits
         return Occupancy(kv.num_used_blocks, kv.num_free_blocks, new_hits,
                          sched.num_waiting, sched.num_running, sched.num_swapped)
+
+    def _next_index(self, num_steps: int = 1) -> int:
+        """Index of the next step, counting `num_steps` steps as taken."""
+        index, self._steps = self._steps, self._steps + num_steps
+        return index
 
     def _forget(self, finished: list[Sequence]) -> None:
         for seq in finished:

@@ -60,3 +60,25 @@ def block_content_key(seq: Sequence, index: int, block_size: int) -> Hashable:
             if hi <= len(hashes):
                 return ("hash", h, *hashes[lo:hi])
     return ("request", req.request_id, index)
+
+
+def block_content_keys(seq: Sequence, start: int, stop: int, block_size: int) -> list[Hashable]:
+    """`block_content_key` of blocks `start` to `stop` - 1 of `seq`, keys unique to the request
+    built in bulk (a sequence's generated blocks, a whole prompt without hashes)."""
+    req = seq.request
+    if req.prompt_token_ids is not None:
+        return [block_content_key(seq, i, block_size) for i in range(start, stop)]
+    hashed = min(stop, _num_hashed_blocks(req, block_size))
+    keys = [block_content_key(seq, i, block_size) for i in range(start, hashed)]
+    request_id = req.request_id
+    keys.extend([("request", request_id, i) for i in range(max(start, hashed), stop)])
+    return keys
+
+
+def _num_hashed_blocks(request: Request, block_size: int) -> int:
+    """How many leading blocks of a request without token ids have keys from its block hashes."""
+    hashes, h = request.block_hashes, request.hash_block_size
+    if not hashes:
+        return 0
+    covered = len(hashes) * (h // block_size) if h % block_size == 0 else len(hashes) // (block_size // h)
+    return min(request.prompt_len // block_size, covered)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from testbed.kv.block import Block
-from testbed.kv.block_keys import block_content_key, check_block_hashes
+from testbed.kv.block_keys import block_content_keys, check_block_hashes
 from testbed.kv.eviction import Evictor
 from testbed.kv.paged import PagedKVManager
 from testbed.request import Sequence
@@ -44,14 +44,14 @@ class CachingKVManager(PagedKVManager):
         full = seq.num_computed_tokens // self.block_size
         if full <= committed:
             return
-        blocks, table, keys = self.blocks, seq.block_table, self._keys(seq)
+        keys = self._keys_upto(seq, full)
+        blocks, table, find, insert = self.blocks, seq.block_table, self._find, self._insert
         parent = blocks[table[committed - 1]] if committed else self._root
         for i in range(committed, full):
-            key = self._key(seq, keys, i)
-            block = blocks[table[i]]
-            twin = self._find(parent, key)
+            key, block = keys[i], blocks[table[i]]
+            twin = find(parent, key)
             if twin is None:
-                self._insert(block, parent, key)
+                insert(block, parent, key)
             elif twin is not block:  # computed twice (e.g. by two sequences at once): keep one copy
                 self._acquire(twin)
                 table[i] = twin.block_id
@@ -78,20 +78,32 @@ class CachingKVManager(PagedKVManager):
             self.evictor.discard(block)
         super()._acquire(block)
 
-    def _take_block(self) -> Block:
-        if self._free:
-            return self.blocks[self._free.pop()]
-        block = self.evictor.pop()
-        self._remove(block)
-        block.key = None
-        self.stats.evicted_blocks += 1
-        return block
+    def _take_blocks(self, count: int) -> list[Block]:
+        """Uncached blocks first, then evicted ones."""
+        fresh = min(count, len(self._free))
+        blocks = super()._take_blocks(fresh)
+        evictor, remove = self.evictor, self._remove
+        for _ in range(count - fresh):
+            block = evictor.pop()
+            remove(block)
+            block.key = None
+            blocks.append(block)
+        self.stats.evicted_blocks += count - fresh
+        return blocks
 
     def _on_unused(self, block: Block) -> None:
         if block.key is None:
             self._free.append(block.block_id)
         elif self._evictable(block):
             self.evictor.add(block)
+
+    def _on_all_unused(self, blocks: list[Block]) -> None:
+        free, evictor, evictable = self._free, self.evictor, self._evictable
+        for block in blocks:
+            if block.key is None:
+                free.append(block.block_id)
+            elif evictable(block):
+                evictor.add(block)
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
         self._committed[seq.seq_id] = num_cached_blocks
@@ -114,10 +126,19 @@ class CachingKVManager(PagedKVManager):
 
     def _key(self, seq: Sequence, keys: list[Hashable], index: int) -> Hashable:
         """The index key of full block `index`, extending the remembered `keys` as needed."""
-        while len(keys) <= index:
-            content = block_content_key(seq, len(keys), self.block_size)
-            keys.append(self._chain(keys[-1] if keys else None, content))
+        if len(keys) <= index:
+            self._keys_upto(seq, index + 1)
         return keys[index]
+
+    def _keys_upto(self, seq: Sequence, count: int) -> list[Hashable]:
+        """The remembered keys of `seq`, extended to at least its first `count` full blocks."""
+        keys = self._keys(seq)
+        if len(keys) < count:
+            chain, parent = self._chain, keys[-1] if keys else None
+            for content in block_content_keys(seq, len(keys), count, self.block_size):
+                parent = chain(parent, content)
+                keys.append(parent)
+        return keys
 
     def _new_entry(self, block: Block, key: Hashable) -> None:
         self._tick += 1

@@ -1,21 +1,25 @@
 """Which unused cached block to drop first: LRU, LFU or FIFO.
 
 A policy is just an ordering key over a block's counters; `Evictor` keeps the evictable
-blocks in a heap by that key. Blocks leave the heap lazily: `discard` only marks the entry
-stale, and stale entries are skipped on `pop` (and swept when they pile up).
+blocks ordered by (key, arrival), smallest first. Blocks often become evictable in key order
+(under LRU a released block is the most recently used), so those go to the back of a queue in
+O(1); only out-of-order ones go into a heap, and `pop` takes the smaller of the two heads.
+Blocks leave lazily: `discard` only marks the entry stale, and stale entries are skipped on
+`pop` (and swept when they pile up).
 """
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Callable
+from operator import attrgetter
 
 from testbed.kv.block import Block
 
-
-EVICTION_KEYS: dict[str, Callable[[Block], tuple]] = {
-    "lru": lambda b: (b.last_access,),
-    "lfu": lambda b: (b.hits, b.last_access),  # fewest hits, then least recently used
-    "fifo": lambda b: (b.inserted,),  # first into the cache, whatever happened since
+EVICTION_KEYS: dict[str, Callable[[Block], object]] = {
+    "lru": attrgetter("last_access"),
+    "lfu": attrgetter("hits", "last_access"),  # fewest hits, then least recently used
+    "fifo": attrgetter("inserted"),  # first into the cache, whatever happened since
 }
 
 
@@ -26,7 +30,8 @@ class Evictor:
                              f"{', '.join(EVICTION_KEYS)}")
         self.policy = policy
         self._key = EVICTION_KEYS[policy]
-        self._heap: list[tuple[tuple, int, Block]] = []
+        self._queue: deque[tuple[object, int, Block]] = deque()  # (key, entry) ascending
+        self._heap: list[tuple[object, int, Block]] = []  # entries that came out of order
         self._next_entry = 0
         self._len = 0
 
@@ -42,11 +47,14 @@ class Evictor:
             raise ValueError(f"block {block.block_id} is already evictable")
         block.evict_entry = entry = self._next_entry
         self._next_entry += 1
-        heapq.heappush(self._heap, (self._key(block), entry, block))
+        key, queue = self._key(block), self._queue
+        if not queue or key >= queue[-1][0]:
+            queue.append((key, entry, block))
+        else:
+            heapq.heappush(self._heap, (key, entry, block))
         self._len += 1
-        if len(self._heap) > 2 * self._len + 64:
-            self._heap = [e for e in self._heap if e[2].evict_entry == e[1]]
-            heapq.heapify(self._heap)
+        if len(queue) + len(self._heap) > 2 * self._len + 64:
+            self._sweep()
 
     def discard(self, block: Block) -> None:
         """Take `block` out (it is in use again); no-op if it is not evictable."""
@@ -56,11 +64,20 @@ class Evictor:
 
     def pop(self) -> Block:
         """Remove and return the block to evict first."""
-        heap = self._heap
-        while heap:
-            _, entry, block = heapq.heappop(heap)
+        queue, heap = self._queue, self._heap
+        while queue or heap:
+            if heap and (not queue or heap[0] < queue[0]):
+                _, entry, block = heapq.heappop(heap)
+            else:
+                _, entry, block = queue.popleft()
             if block.evict_entry == entry:
                 block.evict_entry = -1
                 self._len -= 1
                 return block
         raise IndexError("no evictable block")
+
+    def _sweep(self) -> None:
+        """Drop the stale entries."""
+        self._queue = deque(e for e in self._queue if e[2].evict_entry == e[1])
+        self._heap = [e for e in self._heap if e[2].evict_entry == e[1]]
+        heapq.heapify(self._heap)

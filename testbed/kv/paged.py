@@ -107,10 +107,10 @@ class PagedKVManager:
     # -- block life cycle ------------------------------------------------------------------
 
     def _extend(self, table: list[int], count: int) -> None:
-        for _ in range(count):
-            block = self._take_block()
+        blocks = self._take_blocks(count)
+        for block in blocks:
             block.ref_count = 1
-            table.append(block.block_id)
+        table.extend([block.block_id for block in blocks])
         self._num_used += count
         self.stats.allocated_blocks += count
         if self._num_used > self.stats.peak_used_blocks:
@@ -133,11 +133,23 @@ class PagedKVManager:
             self._on_unused(block)
 
     def _release_all(self, seq: Sequence) -> None:
-        # Tail first: under LRU a sequence's last blocks (the least shared) go before its prefix.
-        blocks = self.blocks
+        """`_release` every block of `seq`, tail first: under LRU a sequence's last blocks (the
+        least shared) go before its prefix."""
+        blocks, unused = self.blocks, []
         for block_id in reversed(seq.block_table):
-            self._release(blocks[block_id])
+            block = blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                unused.append(block)
         seq.block_table.clear()
+        tick = self._tick
+        for block in unused:
+            tick += 1
+            block.last_access = tick
+        self._tick = tick
+        self._num_used -= len(unused)
+        self.stats.freed_blocks += len(unused)
+        self._on_all_unused(unused)
 
     # -- hooks for the prefix-caching managers ---------------------------------------------
 
@@ -145,12 +157,20 @@ class PagedKVManager:
         """Cached blocks holding the leading full blocks of `seq`, as many as may be reused."""
         return []
 
-    def _take_block(self) -> Block:
-        """An unused block for fresh content (callers checked that one exists)."""
-        return self.blocks[self._free.pop()]
+    def _take_blocks(self, count: int) -> list[Block]:
+        """`count` unused blocks for fresh content (callers checked that they exist)."""
+        free = self._free
+        ids = free[len(free) - count:]
+        del free[len(free) - count:]
+        blocks = self.blocks
+        return [blocks[i] for i in reversed(ids)]
 
     def _on_unused(self, block: Block) -> None:
         self._free.append(block.block_id)
+
+    def _on_all_unused(self, blocks: list[Block]) -> None:
+        """`_on_unused` of each of `blocks`, in order."""
+        self._free.extend([block.block_id for block in blocks])
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
         """`seq` just got its first blocks, the first `num_cached_blocks` of them from the cache."""

@@ -5,16 +5,21 @@ every request has ended, and log every step and request.
     (idle: jump/wait to the next arrival)
 
 The loop is the same for the real engine and the simulator, and for the virtual and wall
-clocks; only the parts handed to it differ.
+clocks; only the parts handed to it differ. An engine that fast-forwards (the simulator)
+takes runs of plain decode steps at once, up to the next arrival, and they are logged as
+one row per step all the same.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass
 
-from testbed.engine.engine import Engine, StepOutput
+import numpy as np
+
+from testbed.engine.engine import Engine, StepOutput, StepRun
 from testbed.metrics import SLO
 from testbed.replay.recorder import Recorder, request_row
 from testbed.request import Request, Sequence
@@ -50,18 +55,26 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
         if not engine.has_unfinished:
             clock.wait_until(pending[0].arrival_s)
             continue
-        out = engine.step()
-        counts.steps += 1
-        if recorder is not None:
-            recorder.step(step_row(out))
-        for seq in out.finished:
+        run = engine.fast_forward_steps(pending[0].arrival_s if pending else math.inf,
+                                        None if max_steps is None else max_steps - counts.steps)
+        if run is not None:  # many decode steps at once, up to the next arrival
+            counts.steps += run.num_steps
+            if recorder is not None:
+                recorder.step_batch(step_columns(run), run.num_steps)
+            finished = run.finished
+        else:
+            out = engine.step()
+            counts.steps += 1
+            if recorder is not None:
+                recorder.step(step_row(out))
+            finished = out.finished
+        for seq in finished:
             _count(counts, seq)
             if recorder is not None:
                 recorder.request(request_row(seq, slo))
                 if recorder.tokens is not None:
-                    for i, t in enumerate(seq.token_times):
-                        recorder.token(seq.request.request_id, i, t)
-        if out.plan.is_empty and not out.finished:
+                    recorder.request_tokens(seq.request.request_id, seq.token_times)
+        if run is None and out.plan.is_empty and not out.finished:
             if not pending:
                 raise StalledError(
                     f"the {type(sched).__name__} scheduler made no progress with "
@@ -91,6 +104,20 @@ def step_row(out: StepOutput) -> dict:
         "prefix_hit_tokens": occ.prefix_hit_tokens, "n_preempted": len(plan.preempted),
         "n_swapped_out": len(plan.swap_out), "n_swapped_in": len(plan.swap_in),
         "n_waiting": occ.n_waiting, "n_running": occ.n_running, "n_swapped": occ.n_swapped,
+        **f.as_dict(),
+    }
+
+
+def step_columns(run: StepRun) -> dict:
+    """The columns of `step_row` over a run of decode steps (a number: the same in every step)."""
+    f = run.features
+    return {
+        "step": np.arange(run.first_index, run.first_index + run.num_steps),
+        "t_start": run.t_start, "t_end": run.t_end, "seconds": run.seconds, "host_seconds": 0.0,
+        "device_seconds": run.seconds, "sum_context": f.sum_prefill_context + f.sum_decode_context,
+        "kv_blocks_used": run.kv_blocks_used, "kv_blocks_free": run.kv_blocks_free,
+        "prefix_hit_tokens": 0, "n_preempted": 0, "n_swapped_out": 0, "n_swapped_in": 0,
+        "n_waiting": run.n_waiting, "n_running": f.n_seqs, "n_swapped": run.n_swapped,
         **f.as_dict(),
     }
 

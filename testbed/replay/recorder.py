@@ -21,6 +21,7 @@ import os
 import platform
 import subprocess
 from collections import Counter
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,31 +55,52 @@ NULLABLE = (pa.float64(), pa.bool_())  # floats: a missing time; slo_met: no SLO
 
 
 class _Table:
-    """The buffered rows of one Parquet directory and how to write them."""
+    """The buffered rows of one Parquet directory, a list of values per column, and how to
+    write them."""
 
     def __init__(self, directory: Path, schema: dict[str, pa.DataType], *, extras: bool):
         self.directory = directory
         self.known = schema
         self.extras = extras  # whether columns beyond `known` may appear
         self.schema: pa.Schema | None = None  # fixed by the first row
-        self.rows: list[dict[str, Any]] = []
+        self.names: frozenset[str] = frozenset()
+        self.columns: dict[str, list[Any]] = {}  # buffered values, by column
+        self.n_buffered = 0
         self.n_rows = 0
         self.n_parts = 0
 
     def add(self, row: dict[str, Any]) -> None:
-        if self.schema is None:
-            self.schema = self._schema_from(row)
-        elif len(row) != len(self.schema) or any(name not in row for name in self.schema.names):
-            self._reject_keys(row)
-        self.rows.append(row)
+        self._check_keys(row)
+        for name, column in self.columns.items():
+            column.append(row[name])
+        self.n_buffered += 1
         self.n_rows += 1
 
-    def flush(self) -> None:
-        if not self.rows:
+    def add_columns(self, columns: dict[str, Any], num_rows: int) -> None:
+        """`num_rows` rows given by column: a list or numpy array of `num_rows` values, or one
+        value (a number or a string) for every row."""
+        if num_rows < 1:
             return
-        rows = self.rows
-        self._write(pa.table({f.name: self._column(f, rows) for f in self.schema}, schema=self.schema))
-        self.rows = []
+        values = {name: v.tolist() if isinstance(v, np.ndarray) else v for name, v in columns.items()}
+        for name, v in values.items():
+            if isinstance(v, list) and len(v) != num_rows:
+                raise ValueError(f"{self._where(self.n_rows)}: column {name!r} has {len(v)} "
+                                 f"values for {num_rows} rows")
+        self._check_keys({name: v[0] if isinstance(v, list) else v for name, v in values.items()})
+        for name, column in self.columns.items():
+            v = values[name]
+            column.extend(v if isinstance(v, list) else repeat(v, num_rows))
+        self.n_buffered += num_rows
+        self.n_rows += num_rows
+
+    def flush(self) -> None:
+        if not self.n_buffered:
+            return
+        self._write(pa.table({f.name: self._column(f, self.columns[f.name]) for f in self.schema},
+                             schema=self.schema))
+        for column in self.columns.values():
+            column.clear()
+        self.n_buffered = 0
 
     def write_empty_if_none(self) -> None:
         """Leave a readable (empty) table behind when no row ever came."""
@@ -112,13 +134,18 @@ class _Table:
         raise ValueError(f"{self._where(0)}: extra field {name!r} must be a number or a string, "
                          f"got {type(value).__name__}")
 
-    def _reject_keys(self, row: dict[str, Any]) -> None:
-        names = set(self.schema.names)
-        raise ValueError(f"{self._where(self.n_rows)} has other fields than the first row: "
-                         f"missing {sorted(names - set(row))}, extra {sorted(set(row) - names)}")
+    def _check_keys(self, row: dict[str, Any]) -> None:
+        """The first row fixes the schema; every later one must have the same keys."""
+        if self.schema is None:
+            self.schema = self._schema_from(row)
+            self.names = frozenset(self.schema.names)
+            self.columns = {name: [] for name in self.schema.names}
+        elif row.keys() != self.names:
+            raise ValueError(f"{self._where(self.n_rows)} has other fields than the first row: "
+                             f"missing {sorted(self.names - set(row))}, "
+                             f"extra {sorted(set(row) - self.names)}")
 
-    def _column(self, field: pa.Field, rows: list[dict[str, Any]]) -> pa.Array:
-        values = [row[field.name] for row in rows]
+    def _column(self, field: pa.Field, values: list[Any]) -> pa.Array:
         try:
             array = pa.array(values, type=field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
@@ -126,7 +153,7 @@ class _Table:
                              f"in every row: {e}") from None
         if array.null_count and field.type not in NULLABLE:
             first = next(i for i, v in enumerate(values) if v is None)
-            raise ValueError(f"{self._where(self.n_rows - len(rows) + first)}: "
+            raise ValueError(f"{self._where(self.n_rows - len(values) + first)}: "
                              f"field {field.name!r} is None")
         return array
 
@@ -197,6 +224,13 @@ class Recorder:
     def step(self, row: dict[str, Any]) -> None:
         self._add(self.steps, row)
 
+    def step_batch(self, columns: dict[str, Any], num_rows: int) -> None:
+        """`num_rows` steps at once, by column (the keys of a `step` row): each a list or
+        numpy array of `num_rows` values, or one value for all of them."""
+        self._check_open()
+        self.steps.add_columns(columns, num_rows)
+        self._flush_if_full(self.steps)
+
     def request(self, row: dict[str, Any]) -> None:
         status = row.get("status")
         if status not in REQUEST_STATUSES:
@@ -210,6 +244,15 @@ class Recorder:
         if self.tokens is None:
             raise ValueError("this Recorder was made with tokens=False")
         self._add(self.tokens, {"request_id": request_id, "index": index, "t": t})
+
+    def request_tokens(self, request_id: str, times: list[float]) -> None:
+        """Every output token of a request: token i came at `times[i]`."""
+        if self.tokens is None:
+            raise ValueError("this Recorder was made with tokens=False")
+        self._check_open()
+        self.tokens.add_columns({"request_id": request_id, "index": list(range(len(times))),
+                                 "t": list(times)}, len(times))
+        self._flush_if_full(self.tokens)
 
     def flush(self) -> None:
         """Write every buffered row as new part files."""
@@ -271,7 +314,10 @@ class Recorder:
     def _add(self, table: _Table, row: dict[str, Any]) -> None:
         self._check_open()
         table.add(row)
-        if len(table.rows) >= self.flush_every:
+        self._flush_if_full(table)
+
+    def _flush_if_full(self, table: _Table) -> None:
+        if table.n_buffered >= self.flush_every:
             table.flush()
 
     def _tables(self) -> list[_Table]:

@@ -18,16 +18,21 @@ overwrite a host block still to be read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol
+
+import numpy as np
 
 from testbed.kv.base import KVManager
 from testbed.plan import ScheduledSeq, StepPlan, StepResult
 from testbed.registry import Registry
 from testbed.request import Sequence, SeqStatus
 from testbed.sched.config import SchedulerConfig
+from testbed.sched.decode_run import DecodeRun, run_events, steps_within_blocks
 from testbed.sched.queues import FifoQueue
 
 RUNNING, WAITING, SWAPPED = SeqStatus.RUNNING, SeqStatus.WAITING, SeqStatus.SWAPPED
+NO_LIMIT = 1 << 62  # a horizon without a policy bound
 
 
 class Scheduler(Protocol):
@@ -200,6 +205,84 @@ class BaseScheduler:
             self.kv.free(seq)
         self._end(seq, status, reason, now)
         return seq
+
+    # -- fast-forward: many plain decode steps at once (testbed.sched.decode_run) ---------------
+
+    def plan_decodes(self, now: float, token: int) -> DecodeRun | None:
+        """The coming steps as a run of plain decodes of every running sequence, each sampling
+        `token`; None when the next step would be anything else (an admission, a prefill
+        chunk, a preemption, a sequence left out of the batch). Like a step's schedule, it
+        first puts the running list in scheduling order."""
+        running, config = self.running, self.config
+        if (not running or self._free_after_step
+                or len(running) > min(config.max_num_seqs, config.max_num_batched_tokens)):
+            return None
+        horizon = self._decode_horizon(now)
+        if horizon < 1:
+            return None
+        for seq in running:
+            if (not seq.output_token_ids or seq.num_computed_tokens
+                    != seq.request.prompt_len + len(seq.output_token_ids) - 1):
+                return None  # not decoding (or a recompute still to finish)
+        self._order_running()
+        remaining, reasons = [], []
+        for seq in self.running:
+            sampling = seq.request.sampling
+            if not sampling.ignore_eos and token in sampling.stop_token_ids:
+                remaining.append(1)
+                reasons.append("stop")
+            else:
+                remaining.append(max(1, seq.request.output_len - len(seq.output_token_ids)))
+                reasons.append("length")
+        run = DecodeRun(list(self.running),
+                        np.array([s.num_computed_tokens for s in self.running], dtype=np.int64),
+                        np.array(remaining, dtype=np.int64), [len(s.block_table) for s in self.running],
+                        reasons, token, min(horizon, max(remaining)))
+        run.max_steps = steps_within_blocks(run, self.kv.num_free_blocks, self.kv.block_size)
+        return run if run.max_steps > 0 else None
+
+    def apply_decodes(self, run: DecodeRun, ends: list[float]) -> tuple[list[Sequence], np.ndarray, np.ndarray]:
+        """Apply the first `len(ends)` steps of `run`, step j ending at `ends[j]`, as that many
+        `schedule`/`update` rounds would: the same KV calls in the same order, the same tokens,
+        times and ends. Returns the sequences that ended (in the order the updates would have
+        reported them) and, per step, the KV blocks used and free once it was scheduled."""
+        kv, seqs, token, num_steps = self.kv, run.seqs, run.token, len(ends)
+        computed, remaining = run.computed.tolist(), run.remaining.tolist()
+        done_steps = [0] * len(seqs)
+        used, free = np.empty(num_steps, np.int64), np.empty(num_steps, np.int64)
+        logged = 0  # steps whose KV counts are set
+
+        def catch_up(i: int, steps: int) -> None:
+            """Bring sequence i to where `steps` steps of the run leave it."""
+            seq, done = seqs[i], done_steps[i]
+            if steps > done:
+                seq.output_token_ids.extend(repeat(token, steps - done))
+                seq.token_times.extend(ends[done:steps])
+                done_steps[i] = steps
+            seq.num_computed_tokens = computed[i] + steps
+
+        for events in run_events(run, num_steps, kv.block_size):
+            j = events.step
+            used[logged:j], free[logged:j] = kv.num_used_blocks, kv.num_free_blocks
+            for i in events.allocate:
+                catch_up(i, j)
+                if not kv.allocate(seqs[i], computed[i] + j + 1):
+                    raise RuntimeError(f"decode run: no KV block for sequence {seqs[i].seq_id} "
+                                       f"at step {j}, though the run was planned within the free blocks")
+            used[j], free[j], logged = kv.num_used_blocks, kv.num_free_blocks, j + 1
+            for i in events.update:
+                catch_up(i, j + 1)
+                kv.commit(seqs[i])
+                if remaining[i] == j + 1:
+                    self._finish(seqs[i], run.reasons[i], ends[j])
+        used[logged:], free[logged:] = kv.num_used_blocks, kv.num_free_blocks
+        for i, seq in enumerate(seqs):
+            if seq.status is RUNNING:
+                catch_up(i, num_steps)
+        self.running = [s for s in self.running if s.status is RUNNING]
+        self._after_decodes(run, ends)
+        done, self._done = self._done, []
+        return done, used, free
 
     # -- building blocks of a step -------------------------------------------------------------
 
@@ -375,3 +458,12 @@ class BaseScheduler:
 
     def _on_finish(self, seq: Sequence) -> None:
         """A sequence finished (its blocks are already free)."""
+
+    def _decode_horizon(self, now: float) -> int:
+        """How many coming steps this policy would spend decoding every running sequence (if
+        they have the KV), by its own rules: 0 while a waiting or swapped sequence might be
+        admitted. A policy whose choices change between such steps bounds it here."""
+        return 0 if self.waiting else NO_LIMIT
+
+    def _after_decodes(self, run: DecodeRun, ends: list[float]) -> None:
+        """`apply_decodes` applied `len(ends)` steps of `run`: bring policy state up to date."""

@@ -10,6 +10,9 @@ fill the batch; the number holding KV is bounded by memory, not by `max_num_seqs
 caps each step's batch). Out of KV, a running sequence preempts the lowest-level, newest
 unscheduled one (possibly itself); a waiting one may preempt only strictly lower levels.
 A sequence not scheduled for `mlfq_starvation_s` goes back to level 0.
+
+A run of plain decode steps (fast-forward) stops at the first quantum that ends, so the
+levels only change after its last step, as they would step by step.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ from itertools import count
 from testbed.kv.base import KVManager
 from testbed.plan import StepPlan, StepResult
 from testbed.request import Sequence, SeqStatus
-from testbed.sched.base import SCHEDULERS, BaseScheduler, StepBuilder
+from testbed.sched.base import NO_LIMIT, SCHEDULERS, BaseScheduler, StepBuilder
+from testbed.sched.decode_run import DecodeRun
 from testbed.sched.config import SchedulerConfig
 from testbed.sched.queues import LevelQueues
 
@@ -41,7 +45,7 @@ class MLFQScheduler(BaseScheduler):
     def _schedule_step(self, step: StepBuilder) -> None:
         self._promote_starved(step.now)
         self._admitting = True
-        self.running.sort(key=_rank)
+        self._order_running()
         for seq in list(self.running):
             self._admit_above(_level(seq), step)
             if not step.has_room:
@@ -102,6 +106,40 @@ class MLFQScheduler(BaseScheduler):
         return level
 
     # -- hooks of BaseScheduler --
+
+    def _order_running(self) -> None:
+        self.running.sort(key=_rank)
+
+    def _decode_horizon(self, now: float) -> int:
+        """Decode steps until the first running sequence's quantum ends; 0 if one is starved
+        (its promotion comes first) or anything waits."""
+        if self.waiting:
+            return 0
+        deadline, last, horizon = now - self.config.mlfq_starvation_s, self.config.mlfq_levels - 1, NO_LIMIT
+        for seq in self.running:
+            state = seq.policy_state
+            if state["level"] > 0 and state["last_run"] <= deadline:
+                return 0
+            if state["level"] < last:
+                horizon = min(horizon, self._quantum(state["level"]) - state["iterations"])
+        return horizon
+
+    def _after_decodes(self, run: DecodeRun, ends: list[float]) -> None:
+        """What `update` does to each sequence over the run's steps: a sequence counts the
+        iterations it ran and ended (those ended ran one more, uncounted); the quanta that
+        end with the last step demote, in scheduling order."""
+        last, now = self.config.mlfq_levels - 1, ends[-1]
+        for seq, remaining in zip(run.seqs, run.remaining.tolist()):
+            state = seq.policy_state
+            if seq.status is not SeqStatus.RUNNING:
+                if remaining >= 2:
+                    state["iterations"] += remaining - 1
+                    state["last_run"] = ends[remaining - 2]
+                continue
+            state["iterations"] += len(ends)
+            state["last_run"] = now
+            if state["level"] < last and state["iterations"] >= self._quantum(state["level"]):
+                self._enter(seq, state["level"] + 1, now)
 
     def _make_waiting_queue(self) -> LevelQueues:
         return LevelQueues(self.config.mlfq_levels, _level)

@@ -3,13 +3,16 @@
 Every scheduled sequence that samples gets `token_id`, a fixed id that must never be a stop
 token (trace replay sets `ignore_eos`; output lengths come from the trace). Block copies of
 swap preemption cost `swap_seconds_per_block` each (see `roofline.swap_seconds_per_block`) on
-top of the forward pass; a step of copies alone runs no forward pass. It keeps no state.
+top of the forward pass; a step of copies alone runs no forward pass. It keeps no state, so
+many decode-only steps can be priced at once (`decode_seconds`, for fast-forward).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from testbed.plan import StepPlan, StepResult
-from testbed.sim.base import CostModel
-from testbed.sim.features import step_features
+from testbed.sim.base import CostModel, predict_many
+from testbed.sim.features import decode_features, step_features
 
 
 class SimExecutor:
@@ -25,3 +28,8 @@ class SimExecutor:
         token = self.token_id
         tokens = {s.seq.seq_id: token for s in plan.scheduled if s.samples}
         return StepResult(tokens, seconds, device_seconds=seconds)
+
+    def decode_seconds(self, n_decodes: np.ndarray, sum_decode_context: np.ndarray) -> np.ndarray:
+        """Seconds of decode-only steps, one per entry (as `execute` gives them one by one):
+        `n_decodes[j]` sequences decoding, attending to `sum_decode_context[j]` keys in all."""
+        return predict_many(self.cost_model, decode_features(n_decodes, sum_decode_context))

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from testbed.model.config import ModelConfig
 from testbed.sim.base import COST_MODELS
 from testbed.sim.features import StepFeatures
@@ -87,12 +89,20 @@ class RooflineCostModel:
         return parts
 
     def predict(self, features: StepFeatures) -> float:
+        return float(self._seconds(features, max))
+
+    def predict_many(self, features: StepFeatures) -> np.ndarray:
+        """`predict` of many steps at once (features holding arrays), equal step by step."""
+        return np.asarray(self._seconds(features, np.maximum), dtype=np.float64)
+
+    def _seconds(self, f: StepFeatures, maximum):
+        """The sum of the parts' rooflines and the overhead, in one order for numbers and arrays."""
         flop_rate, byte_rate = self._flop_rate, self._byte_rate
         seconds = self.hardware.step_overhead_s
         if self.tensor_parallel > 1:
-            seconds += self._allreduce_bytes_per_token * features.n_batched_tokens / self._link_rate
-        for flops, nbytes in self._work(features):
-            seconds += max(flops / flop_rate, nbytes / byte_rate)
+            seconds += self._allreduce_bytes_per_token * f.n_batched_tokens / self._link_rate
+        for flops, nbytes in self._work(f):
+            seconds += maximum(flops / flop_rate, nbytes / byte_rate)
         return seconds
 
     def _work(self, f: StepFeatures) -> tuple[tuple[float, float], ...]:
@@ -104,7 +114,7 @@ class RooflineCostModel:
              kv * (f.sum_prefill_context + f.n_prefill_tokens)),
             (self._attn_flops_per_pair * f.sum_decode_context,
              kv * (f.sum_decode_context + f.n_decode_seqs)),
-            (self._lm_flops_per_row * f.n_samples, self._lm_bytes if f.n_samples else 0.0),
+            (self._lm_flops_per_row * f.n_samples, self._lm_bytes * (f.n_samples > 0)),
         )
 
 
