@@ -4,8 +4,8 @@
 
 Runs a grid of small synthetic workloads straight through the real engine (`Engine` around
 `MLXExecutor`, virtual clock): decode batches at several context lengths, one prompt
-prefilled in chunks of several sizes, fresh prompts prefilled together, and prompt chunks
-mixed into running decodes. Or (`calibration.source=trace`) it replays a window of the
+prefilled in chunks of several sizes, fresh prompts prefilled alone and together, and fresh
+prompts arriving into running decodes. Or (`calibration.source=trace`) it replays a window of the
 experiment's trace that `calibration.trace_transforms` picks. The workload runs once to
 warm up first (MLX builds a graph for each new shape: a server pays that once, at start-up,
 not per step), then again while every step is logged. A random part of the logged steps
@@ -45,19 +45,17 @@ from experiments.replay import experiment_trace, trace_info, trace_requests
 from testbed import blas
 from testbed.engine.engine import Engine
 from testbed.kv import make_kv_manager
+from testbed.plan import StepPlan, StepResult
 from testbed.replay.clock import Clock, VirtualClock
 from testbed.replay.driver import replay, step_row
-from testbed.plan import StepPlan, StepResult
 from testbed.replay.recorder import Recorder, read_run, request_row
 from testbed.request import Request, SamplingParams
 from testbed.sched import make_scheduler
-from testbed.sim.fitted import DEFAULT_FEATURES, FittedCostModel, evaluate, fit
+from testbed.sim.fitted import DEFAULT_FEATURES, FittedCostModel, Regime, evaluate, fit
 from testbed.stack import Stack, build_stack
 
 ERRORS = (("mape", "MAPE"), ("median_ape", "median APE"), ("p90_ape", "p90 APE"), ("r2", "R^2"),
           ("n", "steps"))
-
-
 TIMERS = ("auto", "wall", "cpu")
 SOURCES = ("grid", "trace")
 
@@ -105,8 +103,9 @@ def use_timer(stack: Stack, timer: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Spec:
-    """One synthetic request. Requests with the same `prompt` id have the same tokens, so
-    after the first one computed them the others hit the prefix cache."""
+    """One synthetic request. Requests with the same `prompt` id share one token stream (a
+    shorter prompt is a prefix of a longer one), so after the longest was computed the
+    others hit the prefix cache."""
 
     prompt: int
     prompt_len: int
@@ -115,9 +114,8 @@ class Spec:
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """One grid point: stages of requests, each stage added once the steps before it have
-    no prefill left (the engine decodes only), under a step token budget (None: the
-    scheduler's)."""
+    """One grid point: stages of requests, each stage added once a step had no prefill left
+    (the engine decodes only, or is idle), under a step token budget (None: the scheduler's)."""
 
     name: str
     stages: tuple[tuple[Spec, ...], ...]
@@ -131,15 +129,18 @@ def grid_workloads(grid: Mapping) -> list[Workload]:
     out = []
     for batch in grid["decode_batches"]:
         for context in grid["contexts"]:
-            # One request computes the shared prompt, the others then hit the cache for it
-            # (their short remainders are one step), and all decode together for `steps`
-            # steps; then they finish one after another, so the batch shrinks through
-            # every size below `batch` (real batches come in every size, not just the grid's).
+            # Prompts of one token stream, from a quarter to 7/4 of `context` long (real
+            # batches mix contexts, and a decode batch is padded to its longest): the longest
+            # is computed first, the others then hit the cache for it (their short remainders
+            # take one step), and all decode together for `steps` steps; then they finish one
+            # after another, so the batch shrinks through every size below `batch`.
             p = next(prompt_ids)
+            lengths = [max(1, int(context * (0.25 + 1.5 * i / (batch - 1)))) if batch > 1
+                       else context for i in range(batch)]
             outputs = [steps + i * steps // batch for i in range(batch)]
             out.append(Workload(f"decode b={batch} ctx={context}", (
-                (Spec(p, context, outputs[-1]),),
-                tuple(Spec(p, context, n) for n in outputs[:-1]))))
+                (Spec(p, lengths[-1], outputs[-1]),),
+                tuple(Spec(p, n, m) for n, m in zip(lengths[:-1], outputs[:-1])))))
     for chunk in grid["prefill_chunks"]:
         out.append(Workload(f"prefill chunk={chunk}",
                             ((Spec(next(prompt_ids), int(grid["prefill_len"]), 1),),), int(chunk)))
@@ -148,14 +149,14 @@ def grid_workloads(grid: Mapping) -> list[Workload]:
             out.append(Workload(f"fresh b={batch} len={context}", (
                 tuple(Spec(next(prompt_ids), context, 1) for _ in range(batch)),)))
     for decodes in grid["mixed_decodes"]:
-        for chunk in grid["mixed_chunks"]:
-            p, context = next(prompt_ids), int(grid["mixed_context"])
-            chunk_steps = int(grid["mixed_chunk_steps"])
-            runs = chunk_steps + steps
-            out.append(Workload(f"mixed d={decodes} chunk={chunk}", (
-                (Spec(p, context, runs),),
-                tuple(Spec(p, context, runs) for _ in range(decodes - 1)),
-                (Spec(next(prompt_ids), chunk * chunk_steps, 1),)), decodes + chunk))
+        for prompt_len in grid["mixed_prompt_lens"]:
+            # Fresh prompts arriving one after another into running decodes.
+            p, arrivals = next(prompt_ids), int(grid["mixed_prompt_count"])
+            runs = steps + 2 * arrivals
+            decoding = ((Spec(p, int(grid["mixed_context"]), runs),),
+                        tuple(Spec(p, int(grid["mixed_context"]), runs) for _ in range(decodes - 1)))
+            arriving = tuple((Spec(next(prompt_ids), prompt_len, 1),) for _ in range(arrivals))
+            out.append(Workload(f"mixed d={decodes} prompt={prompt_len}", decoding + arriving))
     return out
 
 
@@ -211,12 +212,17 @@ class GridRunner:
 
     def _add(self, engine: Engine, stage: tuple[Spec, ...]) -> None:
         for spec in stage:
-            tokens = np.random.default_rng([self.seed, spec.prompt]).integers(
-                0, self.vocab, spec.prompt_len)
             engine.add_request(Request(
                 f"calibration-{next(self.requests)}", self.clock.now, spec.prompt_len,
-                spec.output_len, prompt_token_ids=tokens.tolist(),
+                spec.output_len, prompt_token_ids=self._tokens(spec.prompt, spec.prompt_len),
                 sampling=SamplingParams(ignore_eos=True)))
+
+    def _tokens(self, prompt: int, n: int) -> list[int]:
+        """The first `n` tokens of prompt `prompt`'s stream (blocks of 64 random ids, each
+        seeded by its position, so a shorter prompt is a prefix of a longer one)."""
+        blocks = [np.random.default_rng([self.seed, prompt, b]).integers(0, self.vocab, 64)
+                  for b in range(-(-n // 64))]
+        return np.concatenate(blocks)[:n].tolist()
 
 
 def profile(stack: Stack, cfg: Mapping, run_dir: Path) -> pd.DataFrame:
@@ -272,6 +278,27 @@ def split_steps(steps: pd.DataFrame, held_out: float, seed: int = 0
     return steps[~test], steps[test]
 
 
+def rescaled(model: FittedCostModel, steps: pd.DataFrame) -> FittedCostModel:
+    """`model` with each regime scaled so that its predictions for `steps` add up to their
+    measured seconds. The fit minimizes relative error, which puts noisy step times' model
+    below their mean (a step slowed by 50 % counts less than one sped up by 33 %); but the
+    simulated clock, and every queue behind it, runs on the sum of step times."""
+    rows = steps[(steps["n_seqs"] > 0) & (steps.get("n_swap_blocks", 0) == 0)]
+    predicted, measured = model.predict_frame(rows), rows[model.target].to_numpy(dtype=float)
+    mixed = rows["n_prefill_seqs"].to_numpy() > 0
+    masks = {"all": np.ones(len(rows), bool), "decode": ~mixed, "mixed": mixed}
+    regimes = {}
+    for name, regime in model.regimes.items():
+        mask = masks[name]
+        scale = measured[mask].sum() / predicted[mask].sum() if predicted[mask].sum() > 0 else 1.0
+        regimes[name] = Regime(regime.intercept * scale,
+                               {k: c * scale for k, c in regime.coefficients.items()})
+    out = FittedCostModel.from_dict({**model.to_dict(), "regimes": {
+        k: {"intercept": r.intercept, "coefficients": r.coefficients} for k, r in regimes.items()}})
+    out.train_error = evaluate(out, steps, model.target)
+    return out
+
+
 def calibrate(stack: Stack, cfg: Mapping, out_dir: str | Path) -> dict:
     """Profile the real engine of `stack` on the grid, fit, evaluate, save; returns the
     calibration record (also written to `out_dir/calibration.json`)."""
@@ -282,6 +309,8 @@ def calibrate(stack: Stack, cfg: Mapping, out_dir: str | Path) -> dict:
     features = tuple(cal.get("features") or DEFAULT_FEATURES)
     model = fit(train, features=features, regimes=bool(cal.get("regimes", True)),
                 model=stack.model_config, dtype=stack.info["dtype"], device=stack.info["device"])
+    if cal.get("rescale", True):
+        model = rescaled(model, train)
     fitted_path = out_dir / "fitted.json"
     model.save(fitted_path)
     if cfg.get("fitted_path"):

@@ -12,14 +12,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from experiments.calibrate import calibrate, grid_workloads, split_steps, use_timer
+from experiments.calibrate import calibrate, grid_workloads, rescaled, split_steps, use_timer
 from replay_runs import CONF, REPO, replay_env
 from testbed import blas
 from testbed.model.config import named_config
 from testbed.plan import StepPlan, StepResult
 from testbed.replay.recorder import read_run
 from testbed.sim import load_fitted
-from testbed.sim.fitted import evaluate
+from testbed.sim.fitted import evaluate, fit
 from testbed.stack import build_stack
 
 TINY = ("model=qwen2-tiny", "calibration=tiny", "engine.kv_memory_gb=0.01",
@@ -46,7 +46,7 @@ def test_grid_has_every_kind_of_point():
     assert len(names) == len(set(names)) == (
         len(grid["decode_batches"]) * len(grid["contexts"]) + len(grid["prefill_chunks"])
         + len(grid["fresh_batches"]) * len(grid["contexts"])
-        + len(grid["mixed_decodes"]) * len(grid["mixed_chunks"]))
+        + len(grid["mixed_decodes"]) * len(grid["mixed_prompt_lens"]))
     decode = next(w for w in workloads if w.name == "decode b=4 ctx=48")
     assert [len(stage) for stage in decode.stages] == [1, 3]
     assert {s.prompt for stage in decode.stages for s in stage} == {decode.stages[0][0].prompt}
@@ -174,3 +174,28 @@ def test_calibration_on_another_window_of_the_trace(tmp_path):
     with pytest.raises(ValueError, match="calibration.source"):
         calibrate(build_stack(cfg), {**cfg, "calibration": {**cfg["calibration"], "source": "x"}},
                   tmp_path / "bad")
+
+
+def test_rescaled_regimes_add_up_to_the_measured_seconds():
+    rng = np.random.default_rng(0)
+    n = 400
+    mixed = rng.random(n) < 0.4
+    steps = pd.DataFrame({
+        "n_seqs": 1 + rng.integers(0, 8, n), "n_prefill_seqs": mixed.astype(int),
+        "n_prefill_tokens": np.where(mixed, rng.integers(16, 512, n), 0),
+        "prefill_attn_work": np.where(mixed, rng.integers(100, 10_000, n), 0),
+        "n_decode_seqs": rng.integers(1, 8, n), "sum_decode_context": rng.integers(10, 5000, n),
+        "n_swap_blocks": 0})
+    truth = 0.01 + 1e-4 * steps["n_prefill_tokens"] + 2e-3 * steps["n_decode_seqs"]
+    steps["seconds"] = truth * rng.lognormal(0.0, 0.4, n)  # noise that only a mean follows
+    model = fit(steps)
+    scaled = rescaled(model, steps)
+    for regime, mask in (("decode", ~mixed), ("mixed", mixed)):
+        rows = steps[mask]
+        assert scaled.predict_frame(rows).sum() == pytest.approx(rows["seconds"].sum())
+        assert model.predict_frame(rows).sum() < 0.95 * rows["seconds"].sum()  # the fit sat low
+        scale = rows["seconds"].sum() / model.predict_frame(rows).sum()
+        before, after = model.regimes[regime], scaled.regimes[regime]
+        assert after.intercept == pytest.approx(before.intercept * scale)
+        for name, c in after.coefficients.items():
+            assert c == pytest.approx(before.coefficients[name] * scale)
