@@ -5,6 +5,8 @@ The loop is an event loop over three kinds of events, always taking the earliest
     a KV handoff lands       -> (disaggregated) the request joins its decode replica
     a replica's step starts  -> that replica steps (its clock reads when its last step ended)
 Ties go to arrivals, then handoffs, then the lowest replica index, so a run is deterministic.
+A simulated replica whose next steps are plain decodes takes them at once (the engine's
+fast-forward), up to its horizon: the next event that could change its work.
 A step is atomic: a replica's state is what it is after its latest step, even while other
 replicas' earlier steps are still being taken; a request routed to a busy replica joins at
 its next step, as it would in one engine.
@@ -23,7 +25,7 @@ from testbed.cluster.handoff import KVLink, decode_request, merged_sequence, pre
 from testbed.cluster.replica import Replica
 from testbed.cluster.routers import Router
 from testbed.metrics import SLO
-from testbed.replay.driver import Progress, ReplayCounts, StalledError, step_row
+from testbed.replay.driver import Progress, ReplayCounts, StalledError, step_columns, step_row
 from testbed.replay.recorder import Recorder, request_row
 from testbed.request import Request, Sequence, SeqStatus
 
@@ -94,6 +96,15 @@ class Cluster:
     def next_handoff_s(self) -> float:
         return self._handoffs[0][0] if self._handoffs else math.inf
 
+    def horizon(self, replica: Replica, next_arrival_s: float) -> float:
+        """Until when nothing else can change `replica`'s work (so its steps may be taken
+        ahead): a front replica until the next arrival; a decode replica also until the next
+        handoff lands, or a front replica's next step starts (which may hand one over)."""
+        if replica.role != "decode":
+            return next_arrival_s
+        busy_front = (r.now for r in self.front if r.has_work)
+        return min(next_arrival_s, self.next_handoff_s(), *busy_front)
+
     def arrive(self, request: Request) -> None:
         """Route a request arriving now to a front replica."""
         self.now = request.arrival_s
@@ -159,17 +170,27 @@ def run_cluster(requests: list[Request], cluster: Cluster, recorder: Recorder | 
         if t_handoff <= t_step:
             cluster.land_handoff()
             continue
-        out = replica.step()
-        cluster.now = max(cluster.now, out.t_end)
-        counts.steps += 1
-        if recorder is not None:
-            recorder.step({**step_row(out), "replica": replica.index})
-        for seq in out.finished:
+        left = None if max_steps is None else max_steps - counts.steps
+        run = replica.fast_forward(cluster.horizon(replica, t_arrival), left)
+        if run is not None:  # many decode steps at once, up to the next event that can touch it
+            counts.steps += run.num_steps
+            cluster.now = max(cluster.now, float(run.t_end[-1]))
+            if recorder is not None:
+                recorder.step_batch({**step_columns(run), "replica": replica.index}, run.num_steps)
+            finished = run.finished
+        else:
+            out = replica.step()
+            counts.steps += 1
+            cluster.now = max(cluster.now, out.t_end)
+            if recorder is not None:
+                recorder.step({**step_row(out), "replica": replica.index})
+            finished = out.finished
+            if out.plan.is_empty and not out.finished:
+                replica.stalled = True  # until a request arrives here
+        for seq in finished:
             ended = cluster.ended(replica, seq, originals[seq.request.request_id])
             if ended is not None:
                 _log(ended, counts, recorder, slo)
-        if out.plan.is_empty and not out.finished:
-            replica.stalled = True  # until a request arrives here
         if bar is not None:
             bar.update()
         if max_steps is not None and counts.steps >= max_steps:
@@ -199,5 +220,4 @@ def _log(ended: Ended, counts: ReplayCounts, recorder: Recorder | None, slo: SLO
     recorder.request({**request_row(seq, slo), "replica": ended.replica,
                       "prefill_replica": ended.prefill_replica, "kv_transfer_s": ended.kv_transfer_s})
     if recorder.tokens is not None:
-        for i, t in enumerate(seq.token_times):
-            recorder.token(seq.request.request_id, i, t)
+        recorder.request_tokens(seq.request.request_id, seq.token_times)

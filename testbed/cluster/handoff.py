@@ -62,7 +62,10 @@ class HandoffExecutor:
 
     def __init__(self, inner):
         self.inner = inner
+        self.token_id = inner.token_id
         self._arrived: dict[int, Request] = {}  # seq_id -> the original request, while its KV is pending use
+        if hasattr(inner, "decode_seconds"):  # fast-forward: runs of plain decodes (no handoff in them)
+            self.decode_seconds = inner.decode_seconds
 
     def receive(self, seq: Sequence, original: Request) -> None:
         """`seq` (a `decode_request`) comes with the KV of `original`'s prompt."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from testbed.engine.engine import Engine, StepOutput
+from testbed.engine.engine import Engine, StepOutput, StepRun
 from testbed.request import Request, Sequence
 
 ROLES = ("colocated", "prefill", "decode")
@@ -60,6 +60,17 @@ class Replica:
 
     def step(self) -> StepOutput:
         out = self.engine.step()
-        for seq in out.finished:
-            self.live.pop(seq.request.request_id, None)
+        self._forget(out.finished)
         return out
+
+    def fast_forward(self, until: float, max_steps: int | None = None) -> StepRun | None:
+        """A run of plain decode steps starting before `until`, taken at once (the engine's
+        fast-forward); None when the next step is anything else."""
+        run = self.engine.fast_forward_steps(until, max_steps)
+        if run is not None:
+            self._forget(run.finished)
+        return run
+
+    def _forget(self, finished: list[Sequence]) -> None:
+        for seq in finished:
+            self.live.pop(seq.request.request_id, None)
