@@ -135,7 +135,7 @@ def _sim_executor(cfg: Mapping):
         if not e.get("fitted_path"):
             raise ValueError("engine.cost_model=fitted needs engine.fitted_path (a JSON from "
                              "`python -m experiments.calibrate`)")
-        cost = load_fitted(e["fitted_path"])
+        cost = load_fitted(e["fitted_path"], model_config, dtype)  # refuses another shape or dtype
     else:
         cost = COST_MODELS.create(name, model=model_config, hardware=hardware, dtype=dtype)
     executor = SimExecutor(cost, swap_seconds_per_block(model_config, hardware, block_size, dtype))

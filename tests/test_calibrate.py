@@ -199,3 +199,15 @@ def test_rescaled_regimes_add_up_to_the_measured_seconds():
         assert after.intercept == pytest.approx(before.intercept * scale)
         for name, c in after.coefficients.items():
             assert c == pytest.approx(before.coefficients[name] * scale)
+
+
+def test_the_simulator_refuses_a_model_fitted_to_another_shape_or_dtype(calibrated):
+    from replay_runs import SIM_TINY, config
+
+    path = calibrated[0]["fitted_path"]
+    for overrides, message in ((("model=qwen2-small",), "qwen2-small"), ((), "bfloat16")):
+        cfg = config(*SIM_TINY, "engine=sim_fitted", f"engine.fitted_path={path}",
+                     "engine.dtype=bfloat16" if not overrides else "engine.dtype=float32",
+                     *overrides)
+        with pytest.raises(ValueError, match=message):
+            build_stack(cfg)
