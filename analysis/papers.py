@@ -90,12 +90,14 @@ def vllm_paging(sweep: PresetSweep, out: Path) -> list[Block]:
     top = sweep.at_top_rate()
     rows = [(label, str(caps[label]), *(_ratio(caps[p], caps[label]) for p in paged),
              format_number(top.loc[label, "mean_running"]), _percent(top.loc[label, "kv_waste"]),
-             _percent(top.loc[label, "kv_token_share"]), format_number(top.loc[label, "preemptions"]))
+             _percent(top.loc[label, "kv_token_share"]), format_number(top.loc[label, "preemptions"]),
+             format_number(top.loc[label, "swap_outs"]))
             for label in sweep.labels]
     table = Table(f"Capacity at mean normalized latency <= {limit:g} s/token and the gain of each "
                   f"paged policy over it; the rest at the top load ({top[RATE].max():.3g} req/s)",
                   ("policy", "capacity (req/s)", *(f"{p} gain" for p in paged), "mean batch (seqs)",
-                   "KV waste", "KV holding tokens", "preemptions"), tuple(rows))
+                   "KV waste", "KV holding tokens", "recomputed seqs", "blocks swapped out"),
+                  tuple(rows))
     fig, axes = _panels(2, 2)
     _vs_rate(axes[0], sweep, stat_key("norm_latency", "mean"), "mean normalized latency (s/token)",
              limit=limit)

@@ -2,14 +2,15 @@
 
     python -m experiments.reproduce NAME [--sweep-dir DIR] [--out DIR] [overrides...]
 
-NAME is a preset with a comparison (`conf/experiment/NAME.yaml`: vllm_paging,
-sarathi_chunking, orca_iteration, prefix_capacity, sjf_vs_fcfs). The sweep is the preset's
-multirun, `python -m experiments.replay -m experiment=NAME hydra.sweep.dir=DIR [overrides]`,
-run as its own process; runs already completed in DIR are skipped, so an interrupted
-reproduction picks up where it stopped. Then `analysis.papers` writes the figures,
-comparison.md and comparison.parquet into `--out` (default DIR/comparison). Overrides change
-the preset like any Hydra override, e.g. `engine=mlx model=qwen2-small` for the real engine
-or `trace.transforms.rate_scale=0.2,0.4` for fewer points.
+NAME is an experiment preset with a comparison (`conf/experiment/NAME.yaml` whose config
+has `paper.preset`): vllm_paging, sarathi_chunking, orca_iteration, prefix_capacity and
+sjf_vs_fcfs run the simulator at the papers' scale, the same names ending in `_cpu` the real
+engine at a CPU's scale. The sweep is the preset's multirun, `python -m experiments.replay
+-m experiment=NAME hydra.sweep.dir=DIR [overrides]`, run as its own process; runs already
+completed in DIR are skipped, so an interrupted reproduction picks up where it stopped. Then
+`analysis.papers` writes the figures, comparison.md and comparison.parquet into `--out`
+(default DIR/comparison). Overrides change the preset like any Hydra override, e.g.
+`trace.transforms.rate_scale=0.2,0.4` for fewer load points.
 """
 from __future__ import annotations
 
@@ -19,8 +20,25 @@ import sys
 import time
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = ("vllm_paging", "sarathi_chunking", "orca_iteration", "prefix_capacity", "sjf_vs_fcfs")
+CONF = REPO / "conf"
+
+
+def comparison_of(name: str) -> str | None:
+    """The comparison experiment preset `name` makes (its `paper.preset`), or None."""
+    if not (CONF / "experiment" / f"{name}.yaml").is_file():
+        return None
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose("config", overrides=[f"experiment={name}"])
+    return OmegaConf.select(cfg, "paper.preset")
+
+
+def presets() -> list[str]:
+    """The experiment presets that make a comparison."""
+    return [p.stem for p in sorted((CONF / "experiment").glob("*.yaml")) if comparison_of(p.stem)]
 
 
 def sweep_command(name: str, sweep_dir: Path, overrides: list[str]) -> list[str]:
@@ -32,8 +50,9 @@ def sweep_command(name: str, sweep_dir: Path, overrides: list[str]) -> list[str]
 def reproduce(name: str, sweep_dir: str | Path | None = None, out: str | Path | None = None,
               overrides: list[str] | tuple[str, ...] = ()) -> Path:
     """Run the preset's sweep into `sweep_dir` and write its comparison; returns comparison.md."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    if comparison_of(name) is None:
+        raise ValueError(f"{name!r} is no preset with a comparison; choose one of: "
+                         f"{', '.join(presets())}")
     sweep_dir = Path(sweep_dir or REPO / "multirun" / "reproduce" / name).resolve()
     command = sweep_command(name, sweep_dir, list(overrides))
     print("[reproduce] " + " ".join(command[1:]), flush=True)
@@ -51,7 +70,7 @@ def reproduce(name: str, sweep_dir: str | Path | None = None, out: str | Path | 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.reproduce",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=PRESETS, help="the preset to reproduce")
+    parser.add_argument("name", help="the preset to reproduce (conf/experiment/NAME.yaml)")
     parser.add_argument("--sweep-dir", help="the multirun directory (default multirun/reproduce/NAME)")
     parser.add_argument("--out", help="figures and comparison.md (default SWEEP_DIR/comparison)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the preset")

@@ -26,5 +26,5 @@ def test_sjf_vs_fcfs(tmp_path):
 def test_unknown_preset_is_refused():
     from experiments.reproduce import reproduce as run_preset
 
-    with pytest.raises(ValueError, match="unknown preset 'default'"):
+    with pytest.raises(ValueError, match="no preset with a comparison; choose one of: orca_iteration"):
         run_preset("default")
