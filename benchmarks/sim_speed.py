@@ -27,7 +27,7 @@ from testbed.replay.recorder import Recorder  # noqa: E402
 from testbed.stack import build_stack  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-DEFAULTS = ("experiment=full", "trace=azure_conv", "engine=sim", "model=qwen2-7b",
+DEFAULTS = ("trace=azure_conv", "engine=sim", "model=qwen2-7b",
             "hardware=h100", "scheduler=vllm", "cache=prefix")
 
 

@@ -14,13 +14,13 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
-# A quick simulated stack: no preset transforms, the tiny model with a KV budget of its size
+# A quick simulated stack: the whole trace as recorded (tests pick a head), the tiny model with a KV budget of its size
 # (the hardware's whole memory would be millions of blocks), no report or progress line.
-SIM_TINY = ("experiment=full", "engine=sim", "model=qwen2-tiny", "hardware=cpu",
+SIM_TINY = ("trace=azure_conv", "engine=sim", "model=qwen2-tiny", "hardware=cpu",
             "engine.kv_memory_gb=0.01", "engine.host_kv_memory_gb=0.01",
             "report=false", "progress=false")
 # The real MLX engine on the tiny model.
-MLX_TINY = ("experiment=full", "engine=mlx", "model=qwen2-tiny", "engine.kv_memory_gb=0.01",
+MLX_TINY = ("trace=azure_conv", "engine=mlx", "model=qwen2-tiny", "engine.kv_memory_gb=0.01",
             "engine.host_kv_memory_gb=0", "report=false", "progress=false")
 
 

@@ -17,8 +17,8 @@ def test_defaults_pick_the_main_job():
     assert cfg["engine"]["kind"] == "mlx" and cfg["engine"]["dtype"] == "auto"
     assert cfg["model"] == {"name": "qwen2-small", "source": "dummy"}
     assert (cfg["scheduler"]["name"], cfg["cache"]["name"]) == ("vllm", "prefix")
-    assert cfg["scheduler"]["max_num_seqs"] == 8  # the preset's batch cap for 2 CPU cores
     assert cfg["trace"]["name"] == "azure_conv" and cfg["clock"]["kind"] == "virtual"
+    assert cfg["trace"]["transforms"]["head"] == 100  # the sample, not the whole trace
 
 
 def test_default_trace_is_a_scaled_head_of_azure_conv():
@@ -32,10 +32,13 @@ def test_default_trace_is_a_scaled_head_of_azure_conv():
     assert 100 < sample["prompt_len"].mean() < 300 and 20 < sample["output_len"].mean() < 80
 
 
-def test_full_preset_leaves_the_trace_and_policies_as_configured():
-    cfg = config("experiment=full")
-    assert all(v is None for v in cfg["trace"]["transforms"].values())
-    assert cfg["scheduler"]["max_num_seqs"] == 64  # as conf/scheduler/vllm.yaml has it
+def test_picking_another_trace_drops_the_sample_sizing():
+    """The sizing belongs to the sample trace: `trace=NAME` replays NAME as recorded."""
+    for trace in ("azure_conv", "mooncake"):
+        cfg = config("engine=sim", "model=qwen2-7b", "hardware=h100", f"trace={trace}")
+        assert all(v is None for v in cfg["trace"]["transforms"].values())
+        assert cfg["scheduler"]["max_num_seqs"] == 64  # as conf/scheduler/vllm.yaml has it
+    assert len(experiment_trace(config("trace=azure_conv")).df) == len(load_trace("azure_conv").df)
 
 
 def test_auto_dtype_is_float32_on_the_cpu_and_bfloat16_on_a_gpu(monkeypatch):

@@ -127,7 +127,7 @@ def test_simulated_prefix_cache_reaches_the_bound_when_nothing_is_evicted(tmp_pa
     path.write_text("".join(json.dumps({"timestamp": 10_000 * i, "input_length": p,
                                         "output_length": 3, "hash_ids": h}) + "\n"
                             for i, (p, h) in enumerate(prompts)))
-    cfg = config("experiment=full", "engine=sim", "model=qwen2-tiny", "hardware=cpu",
+    cfg = config("engine=sim", "model=qwen2-tiny", "hardware=cpu",
                  "engine.kv_memory_gb=0.1", "trace=mooncake", f"trace.path={path}",
                  "cache=prefix", "report=false", "progress=false", "record_tokens=false")
     summary = run_experiment(cfg, tmp_path / "run")

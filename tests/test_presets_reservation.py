@@ -70,7 +70,7 @@ def test_bad_reservation_names_and_missing_length():
 
 
 def test_the_cache_config_reaches_the_manager():
-    cfg = config("experiment=full", "engine=sim", "model=qwen2-tiny", "hardware=cpu",
+    cfg = config("engine=sim", "model=qwen2-tiny", "hardware=cpu",
                  "engine.kv_memory_gb=0.01", "cache=contiguous", "cache.reservation=max",
                  "scheduler.max_model_len=256")
     kv = build_stack(cfg).engine.scheduler.kv

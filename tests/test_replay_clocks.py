@@ -32,7 +32,7 @@ from testbed.replay.recorder import read_run
 N = 7
 GAP_S = 1.5
 ARRIVALS = [0.0, *(6.0 + GAP_S * i for i in range(N - 1))]  # r0 warms the engine up
-OVERRIDES = ("experiment=full", "engine=mlx", "model=qwen2-small", "engine.kv_memory_gb=0.01",
+OVERRIDES = ("engine=mlx", "model=qwen2-small", "engine.kv_memory_gb=0.01",
              "engine.host_kv_memory_gb=0", "report=false", "progress=false", "slo=none")
 
 

@@ -9,10 +9,10 @@ from experiments.replay import run_experiment
 from replay_runs import REPO, SIM_TINY, config, replay_command, replay_env
 from testbed.replay.recorder import read_run
 
-# The main job's trace sample (the default preset) and a synthetic workload, both with
+# The main job's trace sample and a synthetic workload, both with
 # prefix caching and a cache small enough to preempt.
 WORKLOADS = {
-    "azure_sample": ("experiment=default", "trace.transforms.head=150",
+    "azure_sample": ("trace.transforms.head=150",
                      "trace.transforms.rate_scale=4", "engine.kv_memory_gb=0.0004"),
     "synthetic": ("trace=synthetic", "trace.synthetic.n=150", "engine.kv_memory_gb=0.0004",
                   "scheduler=sarathi", "cache=radix"),

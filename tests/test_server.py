@@ -32,8 +32,6 @@ from testbed.weights import load_model
 CONTEXT = 512
 OVERRIDES = [f"scheduler.max_model_len={CONTEXT}", "engine.kv_memory_gb=0.01",
              "engine.host_kv_memory_gb=0"]
-# The replay experiment's default preset samples and scales a trace; a recording replays whole.
-REPLAY_AS_RECORDED = ["experiment=full"]
 
 
 @pytest.fixture(scope="module")
@@ -427,7 +425,7 @@ def test_concurrent_clients_and_the_recording_replays(tmp_path, model, reference
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         cfg = compose("config", overrides=[
-            "engine=sim", "model=qwen2-tiny", "trace=recorded", *REPLAY_AS_RECORDED,
+            "engine=sim", "model=qwen2-tiny", "trace=recorded",
             f"trace.path={record / 'trace.jsonl'}", "progress=false", "report=false"])
     run_experiment(cfg, tmp_path / "replay")
     replayed = pd.read_parquet(tmp_path / "replay" / "requests.parquet").set_index("request_id")

@@ -14,7 +14,7 @@ from replay_runs import REPO, SIM_TINY as REPLAY_SIM_TINY, config
 from testbed.replay.recorder import read_run
 
 # A sample of the conversation trace, sped up and with a small cache: queues and preemptions.
-LOAD = ("experiment=default", "trace.transforms.head=120", "trace.transforms.rate_scale=4",
+LOAD = ("trace.transforms.head=120", "trace.transforms.rate_scale=4",
         "engine.kv_memory_gb=0.0004")
 CLUSTERS = {
     # Mooncake's shared prompt blocks, so routing follows the replicas' prefix caches.

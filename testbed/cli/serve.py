@@ -5,7 +5,7 @@
 
 Trailing arguments are Hydra overrides of the replay experiment's config groups (`conf/`).
 With `--record DIR` every served request becomes a row of `DIR/trace.jsonl` (replay it with
-`python -m experiments.replay experiment=full trace=recorded trace.path=DIR/trace.jsonl`),
+`python -m experiments.replay trace=recorded trace.path=DIR/trace.jsonl`),
 next to the steps/requests/tokens Parquet logs of a replay run. Ctrl-C (or SIGTERM) stops the server,
 aborts requests in flight and completes the recording.
 """

@@ -4,7 +4,7 @@
 - `trace.jsonl`: one line per served request, in arrival order: `request_id`, `arrival_s`
   (seconds since the server started), `prompt_len`, `output_len` (tokens the engine actually
   generated), `prompt_token_ids` and, with `record_text`, `prompt_text`. The `generic` trace
-  reader loads it as is (`conf/trace/recorded.yaml`: `experiment=full trace=recorded
+  reader loads it as is (`conf/trace/recorded.yaml`: `trace=recorded
   trace.path=DIR/trace.jsonl` replays it). A request that generated no token
   (aborted while queued, or rejected) cannot be a trace row (output lengths are positive):
   it is counted in run.json under `trace.requests_without_output` and kept in requests.parquet.
