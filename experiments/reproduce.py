@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,12 +27,14 @@ CONF = REPO / "conf"
 
 
 def comparison_of(name: str) -> str | None:
-    """The comparison experiment preset `name` makes (its `paper.preset`), or None."""
-    if not (CONF / "experiment" / f"{name}.yaml").is_file():
+    """The comparison experiment preset `name` makes: its `paper.preset`, else that of a
+    preset it extends (named in its defaults list), else None."""
+    path = CONF / "experiment" / f"{name}.yaml"
+    if not path.is_file():
         return None
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=[f"experiment={name}"])
-    return OmegaConf.select(cfg, "paper.preset")
+    preset = OmegaConf.load(path)
+    parents = [d for d in preset.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+    return OmegaConf.select(preset, "paper.preset") or next(filter(None, map(comparison_of, parents)), None)
 
 
 def presets() -> list[str]:

@@ -7,6 +7,7 @@ import sys
 
 import pandas as pd
 
+from experiments.reproduce import comparison_of
 from replay_runs import REPO, replay_env
 
 # One process for the whole sweep (no worker pool to start).
@@ -20,8 +21,8 @@ def reproduce(tmp_path, name: str, *overrides: str) -> tuple[str, pd.DataFrame]:
                            "--sweep-dir", str(sweep), *QUICK, *overrides],
                           cwd=REPO, env=replay_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = sweep / "comparison"
-    assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file()
+    out, figure = sweep / "comparison", comparison_of(name)  # figures take the comparison's name
+    assert (out / f"{figure}.png").is_file() and (out / f"{figure}.pdf").is_file()
     runs = pd.read_parquet(out / "comparison.parquet")
     assert (runs["status"] == "complete").all()
     assert (runs["n_finished"] + runs["n_rejected"] == runs["n_requests"]).all()
