@@ -21,8 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import testbed  # noqa: F401  (fast BLAS before mlx)
-from experiments.replay import (_clear_incomplete_run, _completed_summary, experiment_trace,
-                                trace_info, trace_requests)
+from experiments.replay import completed_or_cleared, experiment_trace, trace_info, trace_requests
 from testbed.cluster import build_cluster, describe, format_replicas, replica_summaries, run_cluster
 from testbed.metrics import SLO, format_summary, summarize
 from testbed.replay.recorder import Recorder, read_run
@@ -36,11 +35,9 @@ def run_cluster_experiment(cfg: DictConfig | dict, run_dir: str | Path) -> dict:
     summary (the per-replica ones are in replicas.json). Skips a completed run."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     run_dir = Path(run_dir)
-    done = _completed_summary(run_dir)
+    done = completed_or_cleared(run_dir, "cluster")
     if done is not None:
-        print(f"[cluster] {run_dir} already completed; skipping (delete it to run again)")
         return done
-    _clear_incomplete_run(run_dir)
     trace = experiment_trace(cfg)
     cluster, first = build_cluster(cfg)
     requests = trace_requests(trace, cfg, first.model_config.vocab_size)

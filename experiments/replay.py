@@ -45,11 +45,9 @@ def run_experiment(cfg: DictConfig | dict, run_dir: str | Path, stack: Stack | N
     `stack`: an engine built beforehand (e.g. one warmed up), instead of building one."""
     cfg = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     run_dir = Path(run_dir)
-    done = _completed_summary(run_dir)
+    done = completed_or_cleared(run_dir, "replay")
     if done is not None:
-        print(f"[replay] {run_dir} already completed; skipping (delete it to run again)")
         return done
-    _clear_incomplete_run(run_dir)
     trace = experiment_trace(cfg)
     stack = stack or build_stack(cfg)
     requests = trace_requests(trace, cfg, stack.model_config.vocab_size)
@@ -99,13 +97,18 @@ def _trace_spec(trace_cfg: dict) -> dict:
     return spec
 
 
-def _clear_incomplete_run(run_dir: Path) -> None:
-    """Remove the outputs of an earlier run that failed or was killed in `run_dir`: its part
-    files would otherwise mix into the new tables."""
+def completed_or_cleared(run_dir: Path, tag: str) -> dict | None:
+    """The summary of a run already completed in `run_dir` (a rerun sweep skips it), else
+    None, with the outputs of an earlier run that failed or was killed there removed: its
+    part files would otherwise mix into the new tables."""
+    done = _completed_summary(run_dir)
+    if done is not None:
+        print(f"[{tag}] {run_dir} already completed; skipping (delete it to run again)")
+        return done
     old = [run_dir / name for name in RUN_OUTPUTS if (run_dir / name).exists()]
     if not old:
-        return
-    print(f"[replay] {run_dir} holds an incomplete run; replaying it afresh")
+        return None
+    print(f"[{tag}] {run_dir} holds an incomplete run; replaying it afresh")
     for path in old:
         if path.is_dir():
             shutil.rmtree(path)
