@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import testbed  # noqa: F401  (fast BLAS before mlx)
+import mlx.core as mx
 from testbed.metrics import SLO, format_summary, summarize
 from testbed.replay.driver import replay
 from testbed.replay.recorder import Recorder, read_run
@@ -55,13 +56,20 @@ def run_experiment(cfg: DictConfig | dict, run_dir: str | Path, stack: Stack | N
     meta = {"experiment": "replay", "config": cfg, "trace": trace_info(trace), **stack.info}
     recorder = Recorder(run_dir, tokens=bool(cfg.get("record_tokens", True)),
                         flush_every=int(cfg.get("flush_every", 5000)))
+    real = "weights_bytes" in stack.info  # the MLX engine: its memory is worth a record
     with recorder:
         recorder.start(meta)
+        if real:
+            mx.reset_peak_memory()
         replay(requests, stack.engine, recorder, slo=slo, progress=bool(cfg.get("progress", True)),
                max_steps=cfg.get("max_steps"))
         recorder.flush()
         data = read_run(run_dir)
         summary = summarize(data.requests, data.steps, data.tokens, slo)
+        if real:
+            summary |= {"peak_memory_bytes": mx.get_peak_memory(),
+                        "weights_bytes": stack.info["weights_bytes"],
+                        "kv_pool_bytes": stack.info["kv_pool_bytes"]}
         recorder.close(summary=summary)
     return summary
 

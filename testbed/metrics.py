@@ -264,6 +264,8 @@ ENGINE_ROWS = (
     ("KV used, peak (fraction)", "kv_used_peak_frac"), ("prefix hit rate", "prefix_hit_rate"),
     ("prefix hit tokens", "prefix_hit_tokens"), ("preemptions", "preemptions"),
     ("swap-outs", "swap_outs"), ("swap-ins", "swap_ins"),
+    ("weights (bytes)", "weights_bytes"), ("KV pool (bytes)", "kv_pool_bytes"),
+    ("peak device memory (bytes)", "peak_memory_bytes"),
 )
 
 
@@ -280,9 +282,10 @@ def format_number(value) -> str:
 
 def summary_tables(summary: dict[str, Any]) -> list[Table]:
     """The summary as three tables: overview, latency statistics, engine."""
-    def kv(title, rows):
+    def kv(title, rows):  # rows whose key the summary lacks (memory of a simulated run) left out
         return Table(title, ("metric", "value"),
-                     tuple((label, format_number(summary.get(key))) for label, key in rows))
+                     tuple((label, format_number(summary[key])) for label, key in rows
+                           if key in summary))
 
     latency_rows = tuple(
         (LATENCY_LABELS[m], *(format_number(summary.get(stat_key(m, s))) for s in STATS))

@@ -111,7 +111,7 @@ def _mlx_executor(cfg: Mapping):
     mx.random.seed(int(e.get("seed", 0)))
     extra = {"weights": loaded.source, "dtype": dtype, "kernels": e.get("kernels", "fast"),
              "quant_bits": e.get("quant_bits"), "device": str(mx.default_device()),
-             "blas": blas.status(), "kv_pool_bytes": pool.nbytes,
+             "blas": blas.status(), "weights_bytes": model.nbytes, "kv_pool_bytes": pool.nbytes,
              "_tokenizer": loaded.tokenizer, "_eos": tuple(loaded.eos_token_ids)}
     return MLXExecutor(model, pool, sample_sequences), loaded.config, num_blocks, num_host, extra
 

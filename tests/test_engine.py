@@ -159,10 +159,8 @@ def test_pool_allocated_once_and_peak_memory_bounded(model):
     pool = engine.executor.pool
     weights = sum(v.nbytes for v in random_weights(model.config, seed=1).values())
     mx.reset_peak_memory()
-    ids_before = [id(a) for a in pool.arrays()]
     run(engine, workload(n=8, seed=5))
     assert len(pool.arrays()) == 2 * model.config.num_hidden_layers
     assert all(a.shape == pool.k[0].shape for a in pool.arrays())
-    assert ids_before  # the pool objects are reused, not reallocated per step
     peak = mx.get_peak_memory()
     assert peak <= (weights + pool.nbytes) * 1.15 + (64 << 20), (peak, weights, pool.nbytes)

@@ -141,6 +141,13 @@ class Qwen2Model:
             mx.eval(_arrays(self.layers[-1]))  # materialize the stacked weights layer by layer
         mx.eval(_arrays([self.embed, self.lm_head, self.norm]))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every weight the model holds (quantized ones as stored; a tied head
+        shares the embedding's array)."""
+        arrays = _arrays([self.embed, self.lm_head, self.norm, self.layers])
+        return sum({id(a): a.nbytes for a in arrays}.values())
+
     def attend(self, q: mx.array, k: mx.array, v: mx.array, mask: mx.array | str | None,
                scale: float) -> mx.array:
         """The attention kernel this model was built with, for AttentionFn backends."""
