@@ -107,14 +107,14 @@ class Cluster:
 
     def arrive(self, request: Request) -> None:
         """Route a request arriving now to a front replica."""
-        self.now = request.arrival_s
+        self.now = max(self.now, request.arrival_s)
         replica = self.router.route(request, self.front)
         replica.admit(prefill_request(request) if self.disagg else request, request.arrival_s)
 
     def land_handoff(self) -> None:
         """The earliest KV transfer has arrived: its request joins its decode replica."""
         landed_s, _, h = heapq.heappop(self._handoffs)
-        self.now = landed_s
+        self.now = max(self.now, landed_s)
         h.target.incoming_tokens -= h.request.prompt_len + h.request.output_len
         seq = h.target.admit(h.request, landed_s)
         h.target.engine.executor.receive(seq, h.original)

@@ -14,11 +14,11 @@ when it resolves step N. A sequence stopped by a stop token this way has compute
 too many, which is dropped. Outputs are identical to the synchronous loop.
 
 With `fast_forward=True` (the simulator: a synchronous engine on the virtual clock whose
-executor prices decode steps in bulk, `decode_seconds`) `fast_forward_steps` takes a run of
-plain decode steps at once, as vLLM's multi-step scheduling does: when nothing can be
-admitted and every running sequence decodes, the coming steps differ only by their contexts
-and by who has finished, so they are priced in one vectorized call and applied in one go
-(`testbed.sched.decode_run`), with the same tokens, times, KV calls and step log as one
+executor prices a decode step from its shape alone, `decode_seconds`) `fast_forward_steps`
+takes a run of plain decode steps at once, as vLLM's multi-step scheduling does: when nothing
+can be admitted and every running sequence decodes, the coming steps differ only by their
+contexts and by who has finished, so they are priced from two numbers each and applied in one
+go (`testbed.sched.decode_run`), with the same tokens, times, KV calls and step log as one
 step at a time. The real engine always steps one by one.
 """
 from __future__ import annotations
@@ -26,13 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import count
 
-import numpy as np
-
 from testbed.engine.base import Executor
 from testbed.plan import StepPlan, StepResult
 from testbed.replay.clock import Clock, VirtualClock
 from testbed.request import PENDING_TOKEN, Request, Sequence, SeqStatus
-from testbed.sched.decode_run import DecodeRun
 from testbed.sim.features import StepFeatures, decode_features, step_features
 
 
@@ -71,12 +68,12 @@ class StepRun:
     queues keep `n_waiting` / `n_swapped` and every running sequence is in `features.n_seqs`."""
 
     first_index: int
-    t_start: np.ndarray
-    t_end: np.ndarray
-    seconds: np.ndarray
-    features: StepFeatures  # fields are arrays (one entry per step) or numbers (same in all)
-    kv_blocks_used: np.ndarray  # once each step was scheduled
-    kv_blocks_free: np.ndarray
+    t_start: list[float]
+    t_end: list[float]
+    seconds: list[float]
+    features: StepFeatures  # fields are lists (one entry per step) or numbers (same in all)
+    kv_blocks_used: list[int]  # once each step was scheduled
+    kv_blocks_free: list[int]
     n_waiting: int
     n_swapped: int
     finished: list[Sequence]  # in the order step-by-step updates would have reported them
@@ -161,8 +158,8 @@ class Engine:
     def fast_forward_steps(self, until: float, max_steps: int | None = None) -> StepRun | None:
         """Take the coming steps at once if they are plain decodes: those that start before
         `until` (the next arrival; the first step always), at most `max_steps`. None when
-        fast-forward is off, the executor cannot price decode steps in bulk, or the next step
-        is anything else: then `step()`."""
+        fast-forward is off, the executor cannot price decode steps on their own, or the next
+        step is anything else: then `step()`."""
         price = getattr(self.executor, "decode_seconds", None)
         if not self.fast_forward or price is None:
             return None
@@ -173,36 +170,25 @@ class Engine:
         limit = run.max_steps if max_steps is None else min(run.max_steps, max_steps)
         if limit < 1:
             return None
-        n_decodes, sum_context, seconds, t_end = self._price(run, limit, until, price)
-        t_start = np.concatenate(([self.clock.now], t_end[:-1]))
-        n_waiting, n_swapped = sched.num_waiting, sched.num_swapped
-        finished, used, free = sched.apply_decodes(run, t_end.tolist())
-        self.clock.wait_until(float(t_end[-1]))
-        self._forget(finished)
-        first = self._next_index(len(seconds))
-        return StepRun(first, t_start, t_end, seconds, decode_features(n_decodes, sum_context),
-                       used, free, n_waiting, n_swapped, finished)
-
-    def _price(self, run: DecodeRun, limit: int, until: float, price) -> tuple[np.ndarray, ...]:
-        """Decodes, summed context, seconds and end times of the steps of `run` that start
-        before `until` (at least one, at most `limit`), priced a growing chunk at a time."""
-        t, taken, size, chunks = self.clock.now, 0, 32, []
-        while taken < limit:
-            stop = min(limit, taken + size)
-            n_decodes, sum_context = run.shape(taken, stop)
-            seconds = price(n_decodes, sum_context)
-            # Running sums left to right, exactly as the clock adds step after step.
-            ends = np.cumsum(np.concatenate(([t], seconds)))
-            starting = int(np.searchsorted(ends[:-1], until)) or (1 if taken == 0 else 0)
-            chunks.append((n_decodes[:starting], sum_context[:starting], seconds[:starting],
-                           ends[1:starting + 1]))
-            taken += starting
-            if taken < stop:
+        t_start, t = [], self.clock.now
+        n_decodes, sum_context, seconds, t_end = [], [], [], []
+        for n, context in run.shapes():
+            if len(t_end) == limit or (t_end and t >= until):
                 break
-            t, size = ends[-1], size * 4
-        if len(chunks) == 1:
-            return chunks[0]
-        return tuple(np.concatenate(parts) for parts in zip(*chunks))
+            step_seconds = price(n, context)
+            t_start.append(t)
+            t += step_seconds  # as the clock adds, step after step
+            n_decodes.append(n)
+            sum_context.append(context)
+            seconds.append(step_seconds)
+            t_end.append(t)
+        n_waiting, n_swapped = sched.num_waiting, sched.num_swapped
+        finished, used, free = sched.apply_decodes(run, t_end)
+        self.clock.wait_until(t)
+        self._forget(finished)
+        return StepRun(self._next_index(len(seconds)), t_start, t_end, seconds,
+                       decode_features(n_decodes, sum_context), used, free, n_waiting, n_swapped,
+                       finished)
 
     # -- pipelined: launch step N+1, then resolve step N -------------------------------------
 

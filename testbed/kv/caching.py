@@ -40,14 +40,37 @@ class CachingKVManager(PagedKVManager):
         return {b.block_id for b in self.blocks if b.key is not None}
 
     def commit(self, seq: Sequence) -> None:
+        self._commit_upto(seq, seq.num_computed_tokens // self.block_size)
+
+    def _commit_upto(self, seq: Sequence, full: int) -> None:
         committed = self._committed[seq.seq_id]
-        full = seq.num_computed_tokens // self.block_size
         if full <= committed:
             return
-        keys = self._keys_upto(seq, full)
-        blocks, table, find, insert = self.blocks, seq.block_table, self._find, self._insert
-        parent = blocks[table[committed - 1]] if committed else self._root
-        for i in range(committed, full):
+        self._index_blocks(seq.block_table, self._keys_upto(seq, full), committed, full)
+        self._committed[seq.seq_id] = full
+
+    def _indexes_afresh(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
+                        num_steps: int) -> bool:
+        bs, fresh = self.block_size, []
+        for seq, c, r in zip(seqs, computed, remaining):
+            committed = self._committed[seq.seq_id]
+            if committed != c // bs:
+                raise RuntimeError(f"decode run: sequence {seq.seq_id} has {c // bs - committed} "
+                                   f"computed blocks not committed")
+            full = (c + min(r, num_steps)) // bs
+            if full > committed:
+                fresh.append((seq, committed, self._keys_upto(seq, full)[committed:full]))
+        return not self._any_indexed(fresh)
+
+    def _index_filled(self, filled: list[tuple[Sequence, int]]) -> None:
+        for seq, full in filled:
+            self._commit_upto(seq, full)
+
+    def _index_blocks(self, table: list[int], keys: list[Hashable], start: int, stop: int) -> None:
+        """Index blocks `start` to `stop` - 1 of a block table under `keys`, block by block."""
+        blocks, find, insert = self.blocks, self._find, self._insert
+        parent = blocks[table[start - 1]] if start else self._root
+        for i in range(start, stop):
             key, block = keys[i], blocks[table[i]]
             twin = find(parent, key)
             if twin is None:
@@ -58,7 +81,6 @@ class CachingKVManager(PagedKVManager):
                 self._release(block)
                 block = twin
             parent = block
-        self._committed[seq.seq_id] = full
 
     # -- hooks of PagedKVManager -------------------------------------------------------------
 
@@ -82,13 +104,18 @@ class CachingKVManager(PagedKVManager):
         """Uncached blocks first, then evicted ones."""
         fresh = min(count, len(self._free))
         blocks = super()._take_blocks(fresh)
-        evictor, remove = self.evictor, self._remove
-        for _ in range(count - fresh):
-            block = evictor.pop()
+        if count > fresh:
+            blocks += self._evict(count - fresh)
+            self.stats.evicted_blocks += count - fresh
+        return blocks
+
+    def _evict(self, count: int) -> list[Block]:
+        """Take the first `count` blocks of the eviction order out of the cache."""
+        blocks = self.evictor.pop_many(count)
+        remove = self._remove
+        for block in blocks:
             remove(block)
             block.key = None
-            blocks.append(block)
-        self.stats.evicted_blocks += count - fresh
         return blocks
 
     def _on_unused(self, block: Block) -> None:
@@ -98,12 +125,10 @@ class CachingKVManager(PagedKVManager):
             self.evictor.add(block)
 
     def _on_all_unused(self, blocks: list[Block]) -> None:
-        free, evictor, evictable = self._free, self.evictor, self._evictable
-        for block in blocks:
-            if block.key is None:
-                free.append(block.block_id)
-            elif evictable(block):
-                evictor.add(block)
+        # The free list and the evictor are independent, so each may take its share at once.
+        evictable = self._evictable
+        self._free.extend([block.block_id for block in blocks if block.key is None])
+        self.evictor.add_all([block for block in blocks if block.key is not None and evictable(block)])
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
         self._committed[seq.seq_id] = num_cached_blocks
@@ -134,10 +159,8 @@ class CachingKVManager(PagedKVManager):
         """The remembered keys of `seq`, extended to at least its first `count` full blocks."""
         keys = self._keys(seq)
         if len(keys) < count:
-            chain, parent = self._chain, keys[-1] if keys else None
-            for content in block_content_keys(seq, len(keys), count, self.block_size):
-                parent = chain(parent, content)
-                keys.append(parent)
+            contents = block_content_keys(seq, len(keys), count, self.block_size)
+            keys += self._chain_keys(keys[-1] if keys else None, contents)
         return keys
 
     def _new_entry(self, block: Block, key: Hashable) -> None:
@@ -146,8 +169,9 @@ class CachingKVManager(PagedKVManager):
 
     # -- the index shape (subclasses) --------------------------------------------------------
 
-    def _chain(self, parent_key: Hashable | None, content_key: Hashable) -> Hashable:
-        """The index key of a block given its parent's key and its own content key."""
+    def _chain_keys(self, parent_key: Hashable | None, content_keys: list[Hashable]) -> list[Hashable]:
+        """The index keys of consecutive blocks given the key of the block before the first
+        (None at the start) and their content keys."""
         raise NotImplementedError
 
     def _find(self, parent: Block | None, key: Hashable) -> Block | None:
@@ -158,6 +182,11 @@ class CachingKVManager(PagedKVManager):
 
     def _remove(self, block: Block) -> None:
         """Take an evicted block out of the index."""
+        raise NotImplementedError
+
+    def _any_indexed(self, fresh: list[tuple[Sequence, int, list[Hashable]]]) -> bool:
+        """Whether any of the keys would find a block already indexed, committed in order:
+        each (sequence, its committed blocks, keys of its next blocks)."""
         raise NotImplementedError
 
     def _evictable(self, block: Block) -> bool:

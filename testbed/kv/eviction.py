@@ -43,17 +43,27 @@ class Evictor:
 
     def add(self, block: Block) -> None:
         """Make `block` evictable, ordered by the policy's key as of now."""
-        if block.evict_entry >= 0:
-            raise ValueError(f"block {block.block_id} is already evictable")
-        block.evict_entry = entry = self._next_entry
-        self._next_entry += 1
-        key, queue = self._key(block), self._queue
-        if not queue or key >= queue[-1][0]:
-            queue.append((key, entry, block))
-        else:
-            heapq.heappush(self._heap, (key, entry, block))
-        self._len += 1
-        if len(queue) + len(self._heap) > 2 * self._len + 64:
+        self.add_all((block,))
+
+    def add_all(self, blocks) -> None:
+        """`add` each of `blocks`, in order."""
+        key_of, queue, heap = self._key, self._queue, self._heap
+        entry = self._next_entry
+        last = queue[-1][0] if queue else None
+        for block in blocks:
+            if block.evict_entry >= 0:
+                raise ValueError(f"block {block.block_id} is already evictable")
+            block.evict_entry = entry
+            key = key_of(block)
+            if last is None or key >= last:
+                queue.append((key, entry, block))
+                last = key
+            else:
+                heapq.heappush(heap, (key, entry, block))
+            entry += 1
+        self._len += entry - self._next_entry
+        self._next_entry = entry
+        if len(queue) + len(heap) > 2 * self._len + 64:
             self._sweep()
 
     def discard(self, block: Block) -> None:
@@ -64,17 +74,23 @@ class Evictor:
 
     def pop(self) -> Block:
         """Remove and return the block to evict first."""
-        queue, heap = self._queue, self._heap
-        while queue or heap:
+        return self.pop_many(1)[0]
+
+    def pop_many(self, count: int) -> list[Block]:
+        """Remove and return the `count` blocks to evict first, first first."""
+        if count > self._len:
+            raise IndexError(f"{count} blocks to evict, {self._len} evictable")
+        queue, heap, out = self._queue, self._heap, []
+        while len(out) < count:
             if heap and (not queue or heap[0] < queue[0]):
                 _, entry, block = heapq.heappop(heap)
             else:
                 _, entry, block = queue.popleft()
             if block.evict_entry == entry:
                 block.evict_entry = -1
-                self._len -= 1
-                return block
-        raise IndexError("no evictable block")
+                out.append(block)
+        self._len -= count
+        return out
 
     def _sweep(self) -> None:
         """Drop the stale entries."""

@@ -6,8 +6,11 @@ happens to a block nobody uses any more).
 """
 from __future__ import annotations
 
+from itertools import repeat
+
 from testbed.kv.base import KVStats, cdiv, check_pool_sizes, too_big_reason
 from testbed.kv.block import Block
+from testbed.kv.decode import advance_decodes_stepwise, decode_events
 from testbed.kv.host import HostPool
 from testbed.request import Sequence
 
@@ -77,6 +80,42 @@ class PagedKVManager:
     def commit(self, seq: Sequence) -> None:
         """Nothing to register without a prefix cache."""
 
+    def advance_decodes(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
+                        num_steps: int) -> tuple[list[int], list[int]]:
+        """`testbed.kv.decode.advance_decodes` in bulk. Between two sequences that end, a run
+        only takes blocks and indexes full ones, which do not interact unless a full block
+        finds its content already indexed: so each stretch takes its blocks at once, in the
+        order the steps would, then indexes its full blocks at once, in order; a run where
+        some content is already indexed goes call by call."""
+        if not self._indexes_afresh(seqs, computed, remaining, num_steps):
+            return advance_decodes_stepwise(self, seqs, computed, remaining, num_steps)
+        bs = self.block_size
+        used: list[int] = []
+        now_used = self._num_used  # blocks used as the steps would have it
+        tables: list[list[int]] = []  # the block table of each block to hand out, in order
+        filled: list[tuple[Sequence, int]] = []  # (sequence, full blocks) to index, in order
+        for events in decode_events([len(s.block_table) for s in seqs], computed, remaining,
+                                    num_steps, bs):
+            j = events.step
+            used += repeat(now_used, j - len(used))
+            tables += [seqs[i].block_table for i in events.allocate]
+            now_used += len(events.allocate)
+            used.append(now_used)
+            for i in events.update:
+                done = computed[i] + j + 1
+                if done % bs == 0:
+                    filled.append((seqs[i], done // bs))
+                if remaining[i] == j + 1:  # it ends: settle the stretch before its blocks go
+                    self._hand_out(tables)
+                    self._index_filled(filled)
+                    tables, filled = [], []
+                    self.free(seqs[i])
+                    now_used = self._num_used
+        self._hand_out(tables)
+        self._index_filled(filled)
+        used += repeat(now_used, num_steps - len(used))
+        return used, [self.num_blocks - u for u in used]
+
     def free(self, seq: Sequence) -> None:
         self._release_all(seq)
         self._host.release(seq.seq_id)
@@ -107,10 +146,16 @@ class PagedKVManager:
     # -- block life cycle ------------------------------------------------------------------
 
     def _extend(self, table: list[int], count: int) -> None:
-        blocks = self._take_blocks(count)
-        for block in blocks:
+        self._hand_out([table] * count)
+
+    def _hand_out(self, tables: list[list[int]]) -> None:
+        """One fresh block to the end of each of `tables` (one may come more than once), in order."""
+        count = len(tables)
+        if count > self.num_blocks - self._num_used:
+            raise RuntimeError(f"{count} KV blocks to hand out, {self.num_blocks - self._num_used} free")
+        for table, block in zip(tables, self._take_blocks(count)):
             block.ref_count = 1
-        table.extend([block.block_id for block in blocks])
+            table.append(block.block_id)
         self._num_used += count
         self.stats.allocated_blocks += count
         if self._num_used > self.stats.peak_used_blocks:
@@ -171,6 +216,14 @@ class PagedKVManager:
     def _on_all_unused(self, blocks: list[Block]) -> None:
         """`_on_unused` of each of `blocks`, in order."""
         self._free.extend([block.block_id for block in blocks])
+
+    def _indexes_afresh(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
+                        num_steps: int) -> bool:
+        """Whether none of the blocks the run fills up finds its content already indexed."""
+        return True
+
+    def _index_filled(self, filled: list[tuple[Sequence, int]]) -> None:
+        """Commit each (sequence, its first n blocks), in order."""
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
         """`seq` just got its first blocks, the first `num_cached_blocks` of them from the cache."""

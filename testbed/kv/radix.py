@@ -10,6 +10,7 @@ from collections.abc import Hashable
 
 from testbed.kv.block import Block
 from testbed.kv.caching import CachingKVManager
+from testbed.request import Sequence
 
 
 class RadixKVManager(CachingKVManager):
@@ -18,8 +19,8 @@ class RadixKVManager(CachingKVManager):
         super().__init__(num_blocks, block_size, num_host_blocks, eviction)
         self._root = Block(-1)  # the empty prefix; never evicted, holds no KV
 
-    def _chain(self, parent_key: Hashable | None, content_key: Hashable) -> Hashable:
-        return content_key  # the tree path carries the prefix
+    def _chain_keys(self, parent_key: Hashable | None, content_keys: list[Hashable]) -> list[Hashable]:
+        return list(content_keys)  # the tree path carries the prefix
 
     def _find(self, parent: Block | None, key: Hashable) -> Block | None:
         return parent.children.get(key)
@@ -35,6 +36,31 @@ class RadixKVManager(CachingKVManager):
         block.parent = None
         if parent is not self._root and parent.ref_count == 0 and not parent.children:
             self.evictor.add(parent)
+
+    def _any_indexed(self, fresh: list[tuple[Sequence, int, list[Hashable]]]) -> bool:
+        """Only a sequence's first new block can meet an indexed twin, or the first new block
+        of another sequence under the same parent: its later ones hang below blocks it has
+        just indexed, which no one else reaches."""
+        blocks, firsts = self.blocks, set()
+        for seq, committed, keys in fresh:
+            if not keys:
+                continue
+            parent = blocks[seq.block_table[committed - 1]] if committed else self._root
+            first = (parent.block_id, keys[0])
+            if keys[0] in parent.children or first in firsts:
+                return True
+            firsts.add(first)
+        return False
+
+    def _evict(self, count: int) -> list[Block]:
+        """One at a time: removing a leaf can make its parent the next to go."""
+        blocks = []
+        for _ in range(count):
+            block = self.evictor.pop()
+            self._remove(block)
+            block.key = None
+            blocks.append(block)
+        return blocks
 
     def _evictable(self, block: Block) -> bool:
         return not block.children

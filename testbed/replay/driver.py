@@ -17,8 +17,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
-
 from testbed.engine.engine import Engine, StepOutput, StepRun
 from testbed.metrics import SLO
 from testbed.replay.recorder import Recorder, request_row
@@ -112,9 +110,9 @@ def step_columns(run: StepRun) -> dict:
     """The columns of `step_row` over a run of decode steps (a number: the same in every step)."""
     f = run.features
     return {
-        "step": np.arange(run.first_index, run.first_index + run.num_steps),
+        "step": list(range(run.first_index, run.first_index + run.num_steps)),
         "t_start": run.t_start, "t_end": run.t_end, "seconds": run.seconds, "host_seconds": 0.0,
-        "device_seconds": run.seconds, "sum_context": f.sum_prefill_context + f.sum_decode_context,
+        "device_seconds": run.seconds, "sum_context": f.sum_decode_context,
         "kv_blocks_used": run.kv_blocks_used, "kv_blocks_free": run.kv_blocks_free,
         "prefix_hit_tokens": 0, "n_preempted": 0, "n_swapped_out": 0, "n_swapped_in": 0,
         "n_waiting": run.n_waiting, "n_running": f.n_seqs, "n_swapped": run.n_swapped,

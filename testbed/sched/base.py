@@ -21,14 +21,13 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Protocol
 
-import numpy as np
-
 from testbed.kv.base import KVManager
+from testbed.kv.decode import advance_decodes
 from testbed.plan import ScheduledSeq, StepPlan, StepResult
 from testbed.registry import Registry
 from testbed.request import Sequence, SeqStatus
 from testbed.sched.config import SchedulerConfig
-from testbed.sched.decode_run import DecodeRun, run_events, steps_within_blocks
+from testbed.sched.decode_run import DecodeRun, steps_within_blocks
 from testbed.sched.queues import FifoQueue
 
 RUNNING, WAITING, SWAPPED = SeqStatus.RUNNING, SeqStatus.WAITING, SeqStatus.SWAPPED
@@ -110,6 +109,9 @@ class BaseScheduler:
         self._in_flight: set[int] = set()  # scheduled by the last schedule(), until its update()
         # Aborted while in flight: the executor still reads their blocks, freed at update().
         self._free_after_step: list[Sequence] = []
+        # Whether the last step scheduled every sequence running now (so each has its computed
+        # blocks committed): a run of decode steps starts only then.
+        self._all_running_scheduled = False
 
     # -- the Scheduler protocol ----------------------------------------------------------------
 
@@ -152,7 +154,7 @@ class BaseScheduler:
         self._free_after_step.clear()
         self._in_flight = set()
         tokens, commit = result.tokens, self.kv.commit
-        finished_any = False
+        finished_any, still_running = False, 0
         for item in plan.scheduled:
             seq = item.seq
             if seq.status is not RUNNING:  # aborted since schedule()
@@ -160,6 +162,7 @@ class BaseScheduler:
             seq.num_computed_tokens += item.num_new_tokens
             if seq.num_computed_tokens < seq.request.prompt_len + len(seq.output_token_ids):
                 commit(seq)
+                still_running += 1
                 continue
             token = tokens.get(seq.seq_id)
             if token is None:
@@ -177,8 +180,11 @@ class BaseScheduler:
             elif len(seq.output_token_ids) >= seq.request.output_len:
                 self._finish(seq, "length", now)
                 finished_any = True
+            else:
+                still_running += 1
         if finished_any:
             self.running = [s for s in self.running if s.status is RUNNING]
+        self._all_running_scheduled = still_running == len(self.running)
         done, self._done = self._done, []
         return done
 
@@ -214,7 +220,7 @@ class BaseScheduler:
         chunk, a preemption, a sequence left out of the batch). Like a step's schedule, it
         first puts the running list in scheduling order."""
         running, config = self.running, self.config
-        if (not running or self._free_after_step
+        if (not running or self._free_after_step or not self._all_running_scheduled
                 or len(running) > min(config.max_num_seqs, config.max_num_batched_tokens)):
             return None
         horizon = self._decode_horizon(now)
@@ -234,52 +240,32 @@ class BaseScheduler:
             else:
                 remaining.append(max(1, seq.request.output_len - len(seq.output_token_ids)))
                 reasons.append("length")
-        run = DecodeRun(list(self.running),
-                        np.array([s.num_computed_tokens for s in self.running], dtype=np.int64),
-                        np.array(remaining, dtype=np.int64), [len(s.block_table) for s in self.running],
-                        reasons, token, min(horizon, max(remaining)))
+        running = list(self.running)
+        run = DecodeRun(running, [s.num_computed_tokens for s in running], remaining,
+                        [len(s.block_table) for s in running], reasons, token,
+                        min(horizon, max(remaining)))
         run.max_steps = steps_within_blocks(run, self.kv.num_free_blocks, self.kv.block_size)
         return run if run.max_steps > 0 else None
 
-    def apply_decodes(self, run: DecodeRun, ends: list[float]) -> tuple[list[Sequence], np.ndarray, np.ndarray]:
+    def apply_decodes(self, run: DecodeRun, ends: list[float]) -> tuple[list[Sequence], list[int], list[int]]:
         """Apply the first `len(ends)` steps of `run`, step j ending at `ends[j]`, as that many
         `schedule`/`update` rounds would: the same KV calls in the same order, the same tokens,
         times and ends. Returns the sequences that ended (in the order the updates would have
         reported them) and, per step, the KV blocks used and free once it was scheduled."""
-        kv, seqs, token, num_steps = self.kv, run.seqs, run.token, len(ends)
-        computed, remaining = run.computed.tolist(), run.remaining.tolist()
-        done_steps = [0] * len(seqs)
-        used, free = np.empty(num_steps, np.int64), np.empty(num_steps, np.int64)
-        logged = 0  # steps whose KV counts are set
-
-        def catch_up(i: int, steps: int) -> None:
-            """Bring sequence i to where `steps` steps of the run leave it."""
-            seq, done = seqs[i], done_steps[i]
-            if steps > done:
-                seq.output_token_ids.extend(repeat(token, steps - done))
-                seq.token_times.extend(ends[done:steps])
-                done_steps[i] = steps
-            seq.num_computed_tokens = computed[i] + steps
-
-        for events in run_events(run, num_steps, kv.block_size):
-            j = events.step
-            used[logged:j], free[logged:j] = kv.num_used_blocks, kv.num_free_blocks
-            for i in events.allocate:
-                catch_up(i, j)
-                if not kv.allocate(seqs[i], computed[i] + j + 1):
-                    raise RuntimeError(f"decode run: no KV block for sequence {seqs[i].seq_id} "
-                                       f"at step {j}, though the run was planned within the free blocks")
-            used[j], free[j], logged = kv.num_used_blocks, kv.num_free_blocks, j + 1
-            for i in events.update:
-                catch_up(i, j + 1)
-                kv.commit(seqs[i])
-                if remaining[i] == j + 1:
-                    self._finish(seqs[i], run.reasons[i], ends[j])
-        used[logged:], free[logged:] = kv.num_used_blocks, kv.num_free_blocks
-        for i, seq in enumerate(seqs):
-            if seq.status is RUNNING:
-                catch_up(i, num_steps)
+        seqs, computed, remaining, num_steps = run.seqs, run.computed, run.remaining, len(ends)
+        steps = [min(r, num_steps) for r in remaining]
+        # Tokens first: a block's content key reads only its own tokens.
+        for seq, n in zip(seqs, steps):
+            seq.output_token_ids.extend(repeat(run.token, n))
+            seq.token_times.extend(ends[:n])
+        used, free = advance_decodes(self.kv, seqs, computed, remaining, num_steps)
+        for seq, c, n in zip(seqs, computed, steps):
+            seq.num_computed_tokens = c + n
+        for r, i in sorted((r, i) for i, r in enumerate(remaining) if r <= num_steps):
+            self._on_finish(seqs[i])  # its blocks were freed by advance_decodes
+            self._end(seqs[i], SeqStatus.FINISHED, run.reasons[i], ends[r - 1])
         self.running = [s for s in self.running if s.status is RUNNING]
+        self._all_running_scheduled = True
         self._after_decodes(run, ends)
         done, self._done = self._done, []
         return done, used, free

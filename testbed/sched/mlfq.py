@@ -129,7 +129,7 @@ class MLFQScheduler(BaseScheduler):
         iterations it ran and ended (those ended ran one more, uncounted); the quanta that
         end with the last step demote, in scheduling order."""
         last, now = self.config.mlfq_levels - 1, ends[-1]
-        for seq, remaining in zip(run.seqs, run.remaining.tolist()):
+        for seq, remaining in zip(run.seqs, run.remaining):
             state = seq.policy_state
             if seq.status is not SeqStatus.RUNNING:
                 if remaining >= 2:

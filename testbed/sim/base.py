@@ -9,27 +9,17 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import numpy as np
-
 from testbed.registry import Registry
-from testbed.sim.features import FEATURE_NAMES, StepFeatures
+from testbed.sim.features import StepFeatures
 
 
 class CostModel(Protocol):
+    """A model may also offer `decode_seconds(n_decodes, sum_decode_context)`, equal to
+    `predict(decode_features(...))` but quicker: the simulator's runs of decode steps use it."""
+
     def predict(self, features: StepFeatures) -> float:
         """Seconds the model's forward pass over this step takes."""
         ...
-
-
-def predict_many(cost_model: CostModel, features: StepFeatures) -> np.ndarray:
-    """`cost_model.predict` of many steps: `features` holds arrays, one entry per step. Uses the
-    model's own vectorized `predict_many` when it has one (equal to `predict` step by step)."""
-    vectorized = getattr(cost_model, "predict_many", None)
-    if vectorized is not None:
-        return vectorized(features)
-    columns = np.broadcast_arrays(*(np.asarray(getattr(features, n)) for n in FEATURE_NAMES))
-    rows = zip(*(column.tolist() for column in columns))
-    return np.array([cost_model.predict(StepFeatures(*row)) for row in rows], dtype=np.float64)
 
 
 COST_MODELS: Registry[CostModel] = Registry("cost model")

@@ -3,15 +3,13 @@
 Every scheduled sequence that samples gets `token_id`, a fixed id that must never be a stop
 token (trace replay sets `ignore_eos`; output lengths come from the trace). Block copies of
 swap preemption cost `swap_seconds_per_block` each (see `roofline.swap_seconds_per_block`) on
-top of the forward pass; a step of copies alone runs no forward pass. It keeps no state, so
-many decode-only steps can be priced at once (`decode_seconds`, for fast-forward).
+top of the forward pass; a step of copies alone runs no forward pass. It keeps no state.
+`decode_seconds` prices a decode-only step from two numbers, for runs of them (fast-forward).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from testbed.plan import StepPlan, StepResult
-from testbed.sim.base import CostModel, predict_many
+from testbed.sim.base import CostModel
 from testbed.sim.features import decode_features, step_features
 
 
@@ -29,7 +27,10 @@ class SimExecutor:
         tokens = {s.seq.seq_id: token for s in plan.scheduled if s.samples}
         return StepResult(tokens, seconds, device_seconds=seconds)
 
-    def decode_seconds(self, n_decodes: np.ndarray, sum_decode_context: np.ndarray) -> np.ndarray:
-        """Seconds of decode-only steps, one per entry (as `execute` gives them one by one):
-        `n_decodes[j]` sequences decoding, attending to `sum_decode_context[j]` keys in all."""
-        return predict_many(self.cost_model, decode_features(n_decodes, sum_decode_context))
+    def decode_seconds(self, n_decodes: int, sum_decode_context: int) -> float:
+        """Seconds of a decode-only step, as `execute` gives them: `n_decodes` sequences
+        decoding, attending to `sum_decode_context` keys in all."""
+        quick = getattr(self.cost_model, "decode_seconds", None)
+        if quick is not None:
+            return quick(n_decodes, sum_decode_context)
+        return self.cost_model.predict(decode_features(n_decodes, sum_decode_context))

@@ -12,9 +12,6 @@ preemption. A chunk of `c` tokens at offset `o` computes positions `[o, o + c)`;
 position `p` attends to `p + 1` keys (causal), so the chunk covers
 `sum(o + j for j in 1..c) = c * (o + (c + 1) / 2)` query-key pairs. A decode token at offset `o`
 attends to its context of `o + 1` keys (its own included): the same formula with `c = 1`.
-
-A `StepFeatures` may also hold numpy arrays, one entry per step, to price many steps in one
-call (`CostModel.predict_many`; `decode_features` builds those of decode-only steps).
 """
 from __future__ import annotations
 
@@ -74,9 +71,8 @@ def step_features(plan: StepPlan) -> StepFeatures:
         n_batched_tokens=prefill_tokens + n_decode)
 
 
-def decode_features(n_decodes, sum_decode_context) -> StepFeatures:
-    """Features of steps that only decode: `n_decodes` sequences of one token each, attending
-    to `sum_decode_context` keys in all (numbers: one step; numpy arrays: one step per entry).
-    Equal to `step_features` of such a step."""
+def decode_features(n_decodes: int, sum_decode_context: int) -> StepFeatures:
+    """Features of a step that only decodes: `n_decodes` sequences of one token each,
+    attending to `sum_decode_context` keys in all. Equal to `step_features` of such a step."""
     return StepFeatures(n_seqs=n_decodes, n_decode_seqs=n_decodes, sum_decode_context=sum_decode_context,
                         n_samples=n_decodes, n_batched_tokens=n_decodes)

@@ -89,16 +89,6 @@ class FittedCostModel:
         intercept, terms = self._terms[features.n_prefill_seqs > 0]
         return intercept + sum(c * getattr(features, name) for name, c in terms)
 
-    def predict_many(self, features: StepFeatures) -> np.ndarray:
-        """`predict` of many steps at once (features holding arrays), equal step by step."""
-        def regime(has_prefill: bool):
-            intercept, terms = self._terms[has_prefill]
-            return intercept + sum(c * np.asarray(getattr(features, name)) for name, c in terms)
-
-        mixed = np.asarray(features.n_prefill_seqs) > 0
-        shape = np.broadcast(*(np.asarray(getattr(features, n)) for n in FEATURE_NAMES)).shape
-        return np.broadcast_to(np.where(mixed, regime(True), regime(False)), shape).astype(np.float64)
-
     def predict_frame(self, steps: pd.DataFrame) -> np.ndarray:
         """Predictions for every row of a step table (columns named as the features)."""
         _check_columns(steps, ("n_prefill_seqs", *self.features))

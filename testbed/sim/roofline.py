@@ -25,11 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from testbed.model.config import ModelConfig
 from testbed.sim.base import COST_MODELS
-from testbed.sim.features import StepFeatures
+from testbed.sim.features import StepFeatures, decode_features
 from testbed.sim.hardware import HardwareProfile, dtype_bytes
 
 _PARTS = ("linear", "prefill_attention", "decode_attention", "lm_head")
@@ -75,6 +73,7 @@ class RooflineCostModel:
         self._lm_bytes = h * V * b / tp
         self._allreduce_bytes_per_token = 2 * L * h * b * 2 * (tp - 1) / tp
         self._link_rate = hardware.interconnect_bandwidth
+        self._by_batch: dict[int, tuple[float, float]] = {}  # see decode_seconds
 
     def components(self, f: StepFeatures) -> list[Component]:
         """The step's parts on one device, in execution order (for inspection and tests)."""
@@ -89,21 +88,34 @@ class RooflineCostModel:
         return parts
 
     def predict(self, features: StepFeatures) -> float:
-        return float(self._seconds(features, max))
-
-    def predict_many(self, features: StepFeatures) -> np.ndarray:
-        """`predict` of many steps at once (features holding arrays), equal step by step."""
-        return np.asarray(self._seconds(features, np.maximum), dtype=np.float64)
-
-    def _seconds(self, f: StepFeatures, maximum):
-        """The sum of the parts' rooflines and the overhead, in one order for numbers and arrays."""
         flop_rate, byte_rate = self._flop_rate, self._byte_rate
         seconds = self.hardware.step_overhead_s
         if self.tensor_parallel > 1:
-            seconds += self._allreduce_bytes_per_token * f.n_batched_tokens / self._link_rate
-        for flops, nbytes in self._work(f):
-            seconds += maximum(flops / flop_rate, nbytes / byte_rate)
+            seconds += self._allreduce_bytes_per_token * features.n_batched_tokens / self._link_rate
+        for flops, nbytes in self._work(features):
+            seconds += max(flops / flop_rate, nbytes / byte_rate)
         return seconds
+
+    def decode_seconds(self, n_decodes: int, sum_decode_context: int) -> float:
+        """`predict` of a decode-only step (`decode_features`), the same sum in the same order,
+        with the terms that depend on the batch size alone remembered per batch size."""
+        by_batch = self._by_batch.get(n_decodes)
+        if by_batch is None:
+            by_batch = self._by_batch[n_decodes] = self._batch_terms(n_decodes)
+        before, lm_head = by_batch
+        flops = self._attn_flops_per_pair * sum_decode_context
+        nbytes = self._kv_bytes_per_token * (sum_decode_context + n_decodes)
+        return before + max(flops / self._flop_rate, nbytes / self._byte_rate) + lm_head
+
+    def _batch_terms(self, n_decodes: int) -> tuple[float, float]:
+        """Of a decode step of `n_decodes` sequences: the running sum of `predict` up to its
+        decode attention, and its LM head term."""
+        linear, prefill, _, lm_head = ((max(flops / self._flop_rate, nbytes / self._byte_rate))
+                                       for flops, nbytes in self._work(decode_features(n_decodes, 0)))
+        before = self.hardware.step_overhead_s
+        if self.tensor_parallel > 1:
+            before += self._allreduce_bytes_per_token * n_decodes / self._link_rate
+        return before + linear + prefill, lm_head
 
     def _work(self, f: StepFeatures) -> tuple[tuple[float, float], ...]:
         """(FLOPs, bytes) of each part in `_PARTS`, per device."""
@@ -114,7 +126,7 @@ class RooflineCostModel:
              kv * (f.sum_prefill_context + f.n_prefill_tokens)),
             (self._attn_flops_per_pair * f.sum_decode_context,
              kv * (f.sum_decode_context + f.n_decode_seqs)),
-            (self._lm_flops_per_row * f.n_samples, self._lm_bytes * (f.n_samples > 0)),
+            (self._lm_flops_per_row * f.n_samples, self._lm_bytes if f.n_samples else 0.0),
         )
 
 
