@@ -30,8 +30,9 @@ class KVManager(Protocol):
     def commit(self, seq: Sequence) -> None:
         """After a step: register the newly full, computed blocks of `seq` for reuse."""
 
-    def free(self, seq: Sequence) -> None:
-        """Release every block of `seq` (device and host); cached ones become evictable."""
+    def free(self, seq: Sequence, finished: bool = False) -> None:
+        """Release every block of `seq` (device and host); cached ones become evictable.
+        `finished`: `seq` ends for good (its request-unique blocks can never be hit again)."""
 
     def swap_out(self, seq: Sequence) -> list[tuple[int, int]] | None:
         """Move `seq`'s computed blocks to the host pool: (device, host) copies; None if it lacks room."""

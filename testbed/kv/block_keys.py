@@ -75,6 +75,16 @@ def block_content_keys(seq: Sequence, start: int, stop: int, block_size: int) ->
     return keys
 
 
+def first_private_block(request: Request, block_size: int) -> int:
+    """The first block from which on every key is unique to the request (private: only the
+    request itself can ever hit it): the block after its hashed ones for a request without
+    token ids. A request with token ids shares blocks by content, so it has none (a number
+    past any block)."""
+    if request.prompt_token_ids is not None:
+        return 1 << 62
+    return _num_hashed_blocks(request, block_size)
+
+
 def _num_hashed_blocks(request: Request, block_size: int) -> int:
     """How many leading blocks of a request without token ids have keys from its block hashes."""
     hashes, h = request.block_hashes, request.hash_block_size

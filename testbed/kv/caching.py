@@ -8,13 +8,21 @@ organised (`_find`, `_insert`, `_remove`) and which unused blocks may be evicted
 
 A sequence's block keys are computed lazily and remembered in its `policy_state` (a waiting
 sequence is looked up at every step), so they live exactly as long as the sequence.
+
+Private blocks (keys unique to their request: generated tokens, prompts without hashes or
+token ids; see `first_private_block`) can only ever be hit by their own request once it let
+go of them. So a manager that `defers_private` (a flat index) under LRU indexes them only
+then: while their sequence holds them they are merely committed, and when it finishes they
+are never indexed at all: they keep their place in the eviction order as one retired run
+(`Evictor.add_retired`). Lookups, hits, evictions and block ids are those of indexing every
+block at once; only the work differs.
 """
 from __future__ import annotations
 
 from collections.abc import Hashable
 
 from testbed.kv.block import Block
-from testbed.kv.block_keys import block_content_keys, check_block_hashes
+from testbed.kv.block_keys import block_content_keys, check_block_hashes, first_private_block
 from testbed.kv.eviction import Evictor
 from testbed.kv.paged import PagedKVManager
 from testbed.request import Sequence
@@ -22,22 +30,32 @@ from testbed.request import Sequence
 
 class CachingKVManager(PagedKVManager):
     _root: Block | None = None  # the parent passed for block 0
+    defers_private = False  # whether private blocks may be indexed late (see the module docstring)
 
     def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0,
                  eviction: str = "lru"):
         super().__init__(num_blocks, block_size, num_host_blocks)
         self.evictor = Evictor(eviction)
-        # seq_id -> how many of its blocks are committed (indexed, or swapped for an indexed twin)
+        # seq_id -> how many of its blocks are committed (indexed, or swapped for an indexed
+        # twin, or private and deferred)
         self._committed: dict[int, int] = {}
+        self._holders: dict[int, Sequence] = {}  # seq_id -> sequence, while it holds blocks
         self._memo = ("kv block keys", type(self).__name__, block_size)
+        self._defer = self.defers_private and eviction == "lru"
+        self._indexes_all = ("kv indexes private blocks", type(self).__name__, block_size)
 
     def can_ever_fit(self, seq: Sequence) -> str | None:
         check_block_hashes(seq.request, self.block_size)
         return super().can_ever_fit(seq)
 
     def cached_blocks(self) -> set[int]:
-        """Ids of the blocks in the index now (in use or evictable)."""
-        return {b.block_id for b in self.blocks if b.key is not None}
+        """Ids of the blocks whose content is kept for reuse (in use or evictable): those in
+        the index, and the private ones it defers (held, or retired)."""
+        cached = {b.block_id for b in self.blocks if b.key is not None}
+        cached.update(b.block_id for b in self.evictor.retired())
+        for seq in self._holders.values():
+            cached.update(seq.block_table[slice(*self._deferred(seq))])
+        return cached
 
     def commit(self, seq: Sequence) -> None:
         self._commit_upto(seq, seq.num_computed_tokens // self.block_size)
@@ -46,8 +64,49 @@ class CachingKVManager(PagedKVManager):
         committed = self._committed[seq.seq_id]
         if full <= committed:
             return
-        self._index_blocks(seq.block_table, self._keys_upto(seq, full), committed, full)
+        stop = self._indexed_upto(seq, full)
+        if stop > committed:
+            self._index_blocks(seq.block_table, self._keys_upto(seq, stop), committed, stop)
         self._committed[seq.seq_id] = full
+
+    def _indexed_upto(self, seq: Sequence, full: int) -> int:
+        """How many of the first `full` blocks of `seq` go into the index when committed: all,
+        or its shared ones only while its private ones are deferred."""
+        if not self._defer or self._indexes_all in seq.policy_state:
+            return full
+        return min(full, first_private_block(seq.request, self.block_size))
+
+    def _deferred(self, seq: Sequence) -> tuple[int, int]:
+        """The range of block positions of `seq` committed but not indexed (private, deferred)."""
+        return self._indexed_upto(seq, 1 << 62), self._committed.get(seq.seq_id, 0)
+
+    def _release_all(self, seq: Sequence, finished: bool = False) -> None:
+        start, stop = self._deferred(seq)
+        if start < stop:
+            table = seq.block_table
+            if finished:  # tail first, as released one by one
+                self._release_ids(reversed(table[stop:]))
+                self._retire(table[start:stop])
+                self._release_ids(reversed(table[:start]))
+                table.clear()
+                return
+            # It may run again and hit them: from now on its blocks are indexed as any others.
+            self._index_blocks(table, self._keys_upto(seq, stop), start, stop)
+            seq.policy_state[self._indexes_all] = True
+        super()._release_all(seq)
+
+    def _retire(self, block_ids: list[int]) -> None:
+        """Release blocks held by a finished sequence alone that nobody can ever hit: evictable,
+        tail first, as one retired run."""
+        blocks, tick = [self.blocks[i] for i in reversed(block_ids)], self._tick
+        for block in blocks:
+            tick += 1
+            block.ref_count = 0
+            block.last_access = tick
+        self._tick = tick
+        self._num_used -= len(blocks)
+        self.stats.freed_blocks += len(blocks)
+        self.evictor.add_retired(blocks)
 
     def _indexes_afresh(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
                         num_steps: int) -> bool:
@@ -57,7 +116,7 @@ class CachingKVManager(PagedKVManager):
             if committed != c // bs:
                 raise RuntimeError(f"decode run: sequence {seq.seq_id} has {c // bs - committed} "
                                    f"computed blocks not committed")
-            full = (c + min(r, num_steps)) // bs
+            full = self._indexed_upto(seq, (c + min(r, num_steps)) // bs)
             if full > committed:
                 fresh.append((seq, committed, self._keys_upto(seq, full)[committed:full]))
         return not self._any_indexed(fresh)
@@ -88,7 +147,7 @@ class CachingKVManager(PagedKVManager):
         keys = self._keys(seq)
         hits: list[Block] = []
         node = self._root
-        for i in range((seq.num_tokens - 1) // self.block_size):
+        for i in range(self._indexed_upto(seq, (seq.num_tokens - 1) // self.block_size)):
             node = self._find(node, self._key(seq, keys, i))
             if node is None:
                 break
@@ -114,8 +173,9 @@ class CachingKVManager(PagedKVManager):
         blocks = self.evictor.pop_many(count)
         remove = self._remove
         for block in blocks:
-            remove(block)
-            block.key = None
+            if block.key is not None:  # retired blocks were never indexed
+                remove(block)
+                block.key = None
         return blocks
 
     def _on_unused(self, block: Block) -> None:
@@ -132,12 +192,15 @@ class CachingKVManager(PagedKVManager):
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
         self._committed[seq.seq_id] = num_cached_blocks
+        self._holders[seq.seq_id] = seq
 
     def _on_swapped_in(self, seq: Sequence) -> None:
         self._committed[seq.seq_id] = 0  # fresh blocks: the next commit indexes or dedups them
+        self._holders[seq.seq_id] = seq
 
     def _forget(self, seq: Sequence) -> None:
         self._committed.pop(seq.seq_id, None)
+        self._holders.pop(seq.seq_id, None)
 
     # -- keys ----------------------------------------------------------------------------------
 

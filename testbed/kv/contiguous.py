@@ -80,7 +80,7 @@ class ContiguousKVManager:
     def commit(self, seq: Sequence) -> None:
         """Nothing is shared, so nothing to register."""
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: Sequence, finished: bool = False) -> None:
         self._release(seq)
         self._host.release(seq.seq_id)
 

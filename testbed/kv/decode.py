@@ -86,7 +86,7 @@ def advance_decodes_stepwise(kv, seqs: list[Sequence], computed: list[int], rema
             seq.num_computed_tokens = computed[i] + j + 1
             kv.commit(seq)
             if remaining[i] == j + 1:
-                kv.free(seq)
+                kv.free(seq, finished=True)
     used += repeat(kv.num_used_blocks, num_steps - len(used))
     free += repeat(kv.num_free_blocks, num_steps - len(free))
     return used, free

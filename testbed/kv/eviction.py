@@ -6,12 +6,16 @@ blocks ordered by (key, arrival), smallest first. Blocks often become evictable 
 O(1); only out-of-order ones go into a heap, and `pop` takes the smaller of the two heads.
 Blocks leave lazily: `discard` only marks the entry stale, and stale entries are skipped on
 `pop` (and swept when they pile up).
+
+Retired blocks (`add_retired`) are ones nobody can use again, kept only until their turn to
+be evicted comes: a run of them is one queue entry, never discarded, taken a slice at a time.
 """
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from operator import attrgetter
 
 from testbed.kv.block import Block
@@ -23,6 +27,14 @@ EVICTION_KEYS: dict[str, Callable[[Block], object]] = {
 }
 
 
+@dataclass(slots=True, eq=False)
+class _Retired:
+    """Blocks evicted in this order, from `blocks[next]` on."""
+
+    blocks: list[Block]
+    next: int = 0
+
+
 class Evictor:
     def __init__(self, policy: str = "lru"):
         if policy not in EVICTION_KEYS:
@@ -30,7 +42,9 @@ class Evictor:
                              f"{', '.join(EVICTION_KEYS)}")
         self.policy = policy
         self._key = EVICTION_KEYS[policy]
-        self._queue: deque[tuple[object, int, Block]] = deque()  # (key, entry) ascending
+        # (key, entry, block or retired run) ascending; a run's key is that of its next block
+        self._queue: deque[tuple[object, int, Block | _Retired]] = deque()
+        self._last_key: object = None  # of the queue's last block
         self._heap: list[tuple[object, int, Block]] = []  # entries that came out of order
         self._next_entry = 0
         self._len = 0
@@ -39,6 +53,7 @@ class Evictor:
         return self._len
 
     def __contains__(self, block: Block) -> bool:
+        """Whether `block` is evictable and may still be used (retired blocks are not)."""
         return block.evict_entry >= 0
 
     def add(self, block: Block) -> None:
@@ -48,23 +63,43 @@ class Evictor:
     def add_all(self, blocks) -> None:
         """`add` each of `blocks`, in order."""
         key_of, queue, heap = self._key, self._queue, self._heap
-        entry = self._next_entry
-        last = queue[-1][0] if queue else None
+        entry, last = self._next_entry, self._last_key
         for block in blocks:
             if block.evict_entry >= 0:
                 raise ValueError(f"block {block.block_id} is already evictable")
             block.evict_entry = entry
             key = key_of(block)
-            if last is None or key >= last:
+            if not queue or key >= last:
                 queue.append((key, entry, block))
                 last = key
             else:
                 heapq.heappush(heap, (key, entry, block))
             entry += 1
         self._len += entry - self._next_entry
-        self._next_entry = entry
+        self._next_entry, self._last_key = entry, last
         if len(queue) + len(heap) > 2 * self._len + 64:
             self._sweep()
+
+    def add_retired(self, blocks: list[Block]) -> None:
+        """Make `blocks` evictable for good: nobody will use them again, so they are evicted
+        in this order as one entry and never discarded. Their keys must ascend and follow
+        every key added before, as releases do under LRU (checked at the ends)."""
+        if not blocks:
+            return
+        queue, first, last = self._queue, self._key(blocks[0]), self._key(blocks[-1])
+        if queue and first < self._last_key or last < first:
+            raise ValueError(f"retired blocks {blocks[0].block_id}..{blocks[-1].block_id} come "
+                             f"out of the {self.policy} order")
+        queue.append((first, self._next_entry, _Retired(blocks)))
+        self._next_entry += 1
+        self._last_key = last
+        self._len += len(blocks)
+
+    def retired(self) -> Iterator[Block]:
+        """The retired blocks still to be evicted (for inspection)."""
+        for _, _, item in self._queue:
+            if type(item) is _Retired:
+                yield from item.blocks[item.next:]
 
     def discard(self, block: Block) -> None:
         """Take `block` out (it is in use again); no-op if it is not evictable."""
@@ -85,15 +120,32 @@ class Evictor:
             if heap and (not queue or heap[0] < queue[0]):
                 _, entry, block = heapq.heappop(heap)
             else:
-                _, entry, block = queue.popleft()
+                _, entry, item = queue[0]
+                if type(item) is _Retired:
+                    self._take_retired(item, count - len(out) if not heap else 1, out)
+                    continue
+                queue.popleft()
+                block = item
             if block.evict_entry == entry:
                 block.evict_entry = -1
                 out.append(block)
         self._len -= count
         return out
 
+    def _take_retired(self, run: _Retired, count: int, out: list[Block]) -> None:
+        """Move up to `count` blocks from the front run of the queue to `out`."""
+        start = run.next
+        run.next = stop = min(start + count, len(run.blocks))
+        out += run.blocks[start:stop]
+        queue = self._queue
+        if stop == len(run.blocks):
+            queue.popleft()
+        else:
+            queue[0] = (self._key(run.blocks[stop]), queue[0][1], run)
+
     def _sweep(self) -> None:
         """Drop the stale entries."""
-        self._queue = deque(e for e in self._queue if e[2].evict_entry == e[1])
+        self._queue = deque(e for e in self._queue
+                            if type(e[2]) is _Retired or e[2].evict_entry == e[1])
         self._heap = [e for e in self._heap if e[2].evict_entry == e[1]]
         heapq.heapify(self._heap)

@@ -109,15 +109,15 @@ class PagedKVManager:
                     self._hand_out(tables)
                     self._index_filled(filled)
                     tables, filled = [], []
-                    self.free(seqs[i])
+                    self.free(seqs[i], finished=True)
                     now_used = self._num_used
         self._hand_out(tables)
         self._index_filled(filled)
         used += repeat(now_used, num_steps - len(used))
         return used, [self.num_blocks - u for u in used]
 
-    def free(self, seq: Sequence) -> None:
-        self._release_all(seq)
+    def free(self, seq: Sequence, finished: bool = False) -> None:
+        self._release_all(seq, finished)
         self._host.release(seq.seq_id)
         self._forget(seq)
 
@@ -177,20 +177,21 @@ class PagedKVManager:
             block.last_access = self._tick
             self._on_unused(block)
 
-    def _release_all(self, seq: Sequence) -> None:
+    def _release_all(self, seq: Sequence, finished: bool = False) -> None:
         """`_release` every block of `seq`, tail first: under LRU a sequence's last blocks (the
-        least shared) go before its prefix."""
-        blocks, unused = self.blocks, []
-        for block_id in reversed(seq.block_table):
-            block = blocks[block_id]
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                unused.append(block)
+        least shared) go before its prefix. `finished`: `seq` will never run again."""
+        self._release_ids(reversed(seq.block_table))
         seq.block_table.clear()
-        tick = self._tick
-        for block in unused:
-            tick += 1
-            block.last_access = tick
+
+    def _release_ids(self, block_ids) -> None:
+        """`_release` the blocks `block_ids`, in order."""
+        unused, tick = [], self._tick
+        for block in map(self.blocks.__getitem__, block_ids):
+            block.ref_count -= 1
+            if not block.ref_count:
+                tick += 1
+                block.last_access = tick
+                unused.append(block)
         self._tick = tick
         self._num_used -= len(unused)
         self.stats.freed_blocks += len(unused)

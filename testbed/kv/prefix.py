@@ -15,6 +15,7 @@ from testbed.request import Sequence
 
 
 class PrefixKVManager(CachingKVManager):
+    defers_private = True
     def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0,
                  eviction: str = "lru"):
         super().__init__(num_blocks, block_size, num_host_blocks, eviction)
@@ -47,9 +48,10 @@ class PrefixKVManager(CachingKVManager):
         """All at once: `advance_decodes` checked that none of the keys is indexed."""
         blocks, committed, new_keys, new_blocks = self.blocks, self._committed, [], []
         for seq, full in filled:
-            start, keys, table = committed[seq.seq_id], self._keys_upto(seq, full), seq.block_table
-            new_keys += keys[start:full]
-            new_blocks += [blocks[i] for i in table[start:full]]
+            start, stop = committed[seq.seq_id], self._indexed_upto(seq, full)
+            if stop > start:
+                new_keys += self._keys_upto(seq, stop)[start:stop]
+                new_blocks += [blocks[i] for i in seq.block_table[start:stop]]
             committed[seq.seq_id] = full
         self._index_new(new_keys, new_blocks)
 

@@ -150,7 +150,7 @@ class BaseScheduler:
 
     def update(self, plan: StepPlan, result: StepResult, now: float) -> list[Sequence]:
         for seq in self._free_after_step:
-            self.kv.free(seq)
+            self.kv.free(seq, finished=True)
         self._free_after_step.clear()
         self._in_flight = set()
         tokens, commit = result.tokens, self.kv.commit
@@ -208,7 +208,7 @@ class BaseScheduler:
         if seq.seq_id in self._in_flight:
             self._free_after_step.append(seq)
         else:
-            self.kv.free(seq)
+            self.kv.free(seq, finished=True)
         self._end(seq, status, reason, now)
         return seq
 
@@ -388,7 +388,7 @@ class BaseScheduler:
         self.waiting.push_front(seq)
 
     def _finish(self, seq: Sequence, reason: str, now: float) -> None:
-        self.kv.free(seq)
+        self.kv.free(seq, finished=True)
         self._on_finish(seq)
         self._end(seq, SeqStatus.FINISHED, reason, now)
 
