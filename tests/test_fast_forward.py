@@ -23,7 +23,7 @@ def kv_state(kv) -> dict:
     if isinstance(kv, CachingKVManager):
         state["blocks"] = [(b.ref_count, b.key, b.hits, b.last_access, b.inserted) for b in kv.blocks]
         state["cached"] = kv.cached_blocks()
-        state["eviction_order"] = [b.block_id for b in kv.evictor.pop_many(len(kv.evictor))]
+        state["eviction_order"] = kv.evictor.pop_many(len(kv.evictor))
     return state
 
 

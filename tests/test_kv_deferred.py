@@ -23,14 +23,15 @@ def indexing_everything(w: Workload) -> IndexingEverything:
     return IndexingEverything(w.num_blocks, w.block_size, w.num_host_blocks, "lru")
 
 
-def kv_state(kv) -> dict:
-    """The manager's state apart from which blocks sit in the index (drains the evictor).
-    Indexing takes ticks of the logical clock, so release times compare by their order."""
-    blocks = kv.blocks
+def kv_state(kv, retired: set[int]) -> dict:
+    """The manager's state apart from which blocks sit in the index (drains the evictor):
+    `retired` blocks keep no counters, and indexing takes ticks of the logical clock, so the
+    others' release times compare by their order."""
+    kept = [b for b in kv.blocks if b.block_id not in retired]
     return {"stats": kv.stats.as_dict(), "used": kv.num_used_blocks, "cached": kv.cached_blocks(),
-            "ref_counts": [b.ref_count for b in blocks],
-            "release_order": sorted(range(len(blocks)), key=lambda i: (blocks[i].last_access, i)),
-            "eviction_order": [b.block_id for b in kv.evictor.pop_many(len(kv.evictor))]}
+            "ref_counts": {b.block_id: b.ref_count for b in kept},
+            "release_order": [b.block_id for b in sorted(kept, key=lambda b: (b.last_access, b.block_id))],
+            "eviction_order": kv.evictor.pop_many(len(kv.evictor))}
 
 
 def assert_deferral_changes_nothing(w: Workload, scheduler: str, preemption: str,
@@ -41,7 +42,8 @@ def assert_deferral_changes_nothing(w: Workload, scheduler: str, preemption: str
     assert_same_tables(a.requests, b.requests)
     assert_same_tables(a.steps, b.steps)
     assert_same_tables(a.tokens, b.tokens)
-    assert kv_state(deferring) == kv_state(reference)
+    retired = set(deferring.evictor.retired())
+    assert kv_state(deferring, retired) == kv_state(reference, retired)
     return deferring
 
 
@@ -62,7 +64,7 @@ def test_busy_workload_retires_and_defers(preemption):
     kv = make_kv(w, "prefix", "lru")
     retired = []
     add_retired = kv.evictor.add_retired
-    kv.evictor.add_retired = lambda blocks: (retired.append(len(blocks)), add_retired(blocks))
+    kv.evictor.add_retired = lambda blocks, tick: (retired.append(len(blocks)), add_retired(blocks, tick))
     assert_deferral_changes_nothing(w, "vllm", preemption, fast_forward=True)
     simulate(w, "vllm", kv, preemption, fast_forward=True)
     assert sum(retired) > 100 and kv.stats.evicted_blocks > 0
@@ -71,12 +73,24 @@ def test_busy_workload_retires_and_defers(preemption):
 def test_retired_blocks_keep_their_place_and_are_taken_in_slices():
     evictor, blocks = Evictor("lru"), [Block(i, last_access=i) for i in range(8)]
     evictor.add(blocks[0])
-    evictor.add_retired(blocks[1:5])
+    evictor.add_retired([1, 2, 3, 4], first_tick=1)
     evictor.add(blocks[5])
     evictor.discard(blocks[0])
     assert len(evictor) == 5 and blocks[2] not in evictor
-    assert evictor.pop_many(2) == blocks[1:3]
-    assert list(evictor.retired()) == blocks[3:5]
-    assert evictor.pop_many(3) == [*blocks[3:5], blocks[5]]
-    with pytest.raises(ValueError, match="out of the lru order"):
-        evictor.add_retired([blocks[6], blocks[3]])
+    assert evictor.pop_many(2) == [1, 2]
+    assert list(evictor.retired()) == [3, 4]
+    assert evictor.pop_many(3) == [3, 4, 5]
+    with pytest.raises(ValueError, match="before the last"):
+        evictor.add(blocks[6])
+        evictor.add_retired([7], first_tick=6)
+    with pytest.raises(ValueError, match="need the lru policy"):
+        Evictor("lfu").add_retired([7], first_tick=9)
+
+
+def test_retired_blocks_interleave_with_out_of_order_ones_by_tick():
+    evictor, blocks = Evictor("lru"), [Block(i, last_access=i) for i in range(6)]
+    evictor.add_retired([2, 3, 4], first_tick=2)
+    evictor.add(blocks[5])
+    blocks[1].last_access = 3.5  # came back out of order: it goes between retired 3 and 4
+    evictor.add(blocks[1])
+    assert evictor.pop_many(5) == [2, 3, 1, 4, 5]

@@ -17,7 +17,7 @@ def blocks(**counters) -> dict[str, Block]:
 def drain(evictor: Evictor, by_id: dict[int, str]) -> list[str]:
     out = []
     while len(evictor):
-        out.append(by_id[evictor.pop().block_id])
+        out.append(by_id[evictor.pop()])
     return out
 
 

@@ -24,7 +24,7 @@ step at a time. The real engine always steps one by one.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import count
+from itertools import count, islice
 
 from testbed.engine.base import Executor
 from testbed.plan import StepPlan, StepResult
@@ -170,18 +170,18 @@ class Engine:
         limit = run.max_steps if max_steps is None else min(run.max_steps, max_steps)
         if limit < 1:
             return None
-        t_start, t = [], self.clock.now
-        n_decodes, sum_context, seconds, t_end = [], [], [], []
-        for n, context in run.shapes():
-            if len(t_end) == limit or (t_end and t >= until):
+        t = t0 = self.clock.now
+        shapes, seconds, t_end = [], [], []
+        for shape in islice(run.shapes(), limit):
+            if t_end and t >= until:
                 break
-            step_seconds = price(n, context)
-            t_start.append(t)
+            step_seconds = price(*shape)
             t += step_seconds  # as the clock adds, step after step
-            n_decodes.append(n)
-            sum_context.append(context)
+            shapes.append(shape)
             seconds.append(step_seconds)
             t_end.append(t)
+        n_decodes, sum_context = map(list, zip(*shapes))
+        t_start = [t0, *t_end[:-1]]
         n_waiting, n_swapped = sched.num_waiting, sched.num_swapped
         finished, used, free = sched.apply_decodes(run, t_end)
         self.clock.wait_until(t)

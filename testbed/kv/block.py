@@ -10,7 +10,8 @@ class Block:
     """One device KV block and the counters that caching and eviction read.
 
     `key` is set while the block is in the prefix index (its content is reusable). Ticks
-    come from the manager's logical clock, so they are unique and totally ordered.
+    come from the manager's logical clock, so they are unique and totally ordered. A retired
+    block (`Evictor.add_retired`) keeps its old counters until it is handed out again.
     """
 
     block_id: int

@@ -18,6 +18,8 @@ from collections.abc import Hashable
 
 from testbed.request import Request, Sequence
 
+NO_BLOCK = 1 << 62  # a block position past any sequence's blocks
+
 
 def check_block_hashes(request: Request, block_size: int) -> None:
     """Raise ValueError when `request.block_hashes` cannot be mapped onto KV blocks of `block_size`."""
@@ -78,10 +80,9 @@ def block_content_keys(seq: Sequence, start: int, stop: int, block_size: int) ->
 def first_private_block(request: Request, block_size: int) -> int:
     """The first block from which on every key is unique to the request (private: only the
     request itself can ever hit it): the block after its hashed ones for a request without
-    token ids. A request with token ids shares blocks by content, so it has none (a number
-    past any block)."""
+    token ids. A request with token ids shares blocks by content, so it has none (`NO_BLOCK`)."""
     if request.prompt_token_ids is not None:
-        return 1 << 62
+        return NO_BLOCK
     return _num_hashed_blocks(request, block_size)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from testbed.kv.block import Block
-from testbed.kv.block_keys import block_content_keys, check_block_hashes, first_private_block
+from testbed.kv.block_keys import NO_BLOCK, block_content_keys, check_block_hashes, first_private_block
 from testbed.kv.eviction import Evictor
 from testbed.kv.paged import PagedKVManager
 from testbed.request import Sequence
@@ -40,6 +40,8 @@ class CachingKVManager(PagedKVManager):
         # twin, or private and deferred)
         self._committed: dict[int, int] = {}
         self._holders: dict[int, Sequence] = {}  # seq_id -> sequence, while it holds blocks
+        # seq_id -> how many of its leading blocks are indexed as they are committed
+        self._index_limit: dict[int, int] = {}
         self._memo = ("kv block keys", type(self).__name__, block_size)
         self._defer = self.defers_private and eviction == "lru"
         self._indexes_all = ("kv indexes private blocks", type(self).__name__, block_size)
@@ -52,7 +54,7 @@ class CachingKVManager(PagedKVManager):
         """Ids of the blocks whose content is kept for reuse (in use or evictable): those in
         the index, and the private ones it defers (held, or retired)."""
         cached = {b.block_id for b in self.blocks if b.key is not None}
-        cached.update(b.block_id for b in self.evictor.retired())
+        cached.update(self.evictor.retired())
         for seq in self._holders.values():
             cached.update(seq.block_table[slice(*self._deferred(seq))])
         return cached
@@ -70,15 +72,20 @@ class CachingKVManager(PagedKVManager):
         self._committed[seq.seq_id] = full
 
     def _indexed_upto(self, seq: Sequence, full: int) -> int:
-        """How many of the first `full` blocks of `seq` go into the index when committed: all,
-        or its shared ones only while its private ones are deferred."""
+        """How many of the first `full` blocks of `seq` (which holds blocks) go into the index
+        when committed."""
+        return min(full, self._index_limit[seq.seq_id])
+
+    def _limit_of(self, seq: Sequence) -> int:
+        """How many leading blocks of `seq` are indexed as they are committed: all, or its
+        shared ones only while its private ones are deferred."""
         if not self._defer or self._indexes_all in seq.policy_state:
-            return full
-        return min(full, first_private_block(seq.request, self.block_size))
+            return NO_BLOCK
+        return first_private_block(seq.request, self.block_size)
 
     def _deferred(self, seq: Sequence) -> tuple[int, int]:
         """The range of block positions of `seq` committed but not indexed (private, deferred)."""
-        return self._indexed_upto(seq, 1 << 62), self._committed.get(seq.seq_id, 0)
+        return self._index_limit.get(seq.seq_id, 0), self._committed.get(seq.seq_id, 0)
 
     def _release_all(self, seq: Sequence, finished: bool = False) -> None:
         start, stop = self._deferred(seq)
@@ -93,37 +100,37 @@ class CachingKVManager(PagedKVManager):
             # It may run again and hit them: from now on its blocks are indexed as any others.
             self._index_blocks(table, self._keys_upto(seq, stop), start, stop)
             seq.policy_state[self._indexes_all] = True
+            self._index_limit[seq.seq_id] = NO_BLOCK
         super()._release_all(seq)
 
     def _retire(self, block_ids: list[int]) -> None:
         """Release blocks held by a finished sequence alone that nobody can ever hit: evictable,
-        tail first, as one retired run."""
-        blocks, tick = [self.blocks[i] for i in reversed(block_ids)], self._tick
-        for block in blocks:
-            tick += 1
-            block.ref_count = 0
-            block.last_access = tick
-        self._tick = tick
-        self._num_used -= len(blocks)
-        self.stats.freed_blocks += len(blocks)
-        self.evictor.add_retired(blocks)
+        tail first, as one retired run (their counters are not kept)."""
+        self.evictor.add_retired(block_ids[::-1], self._tick + 1)
+        self._tick += len(block_ids)
+        self._num_used -= len(block_ids)
+        self.stats.freed_blocks += len(block_ids)
 
-    def _indexes_afresh(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
-                        num_steps: int) -> bool:
-        bs, fresh = self.block_size, []
-        for seq, c, r in zip(seqs, computed, remaining):
-            committed = self._committed[seq.seq_id]
-            if committed != c // bs:
-                raise RuntimeError(f"decode run: sequence {seq.seq_id} has {c // bs - committed} "
+    def _fills_to_index(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
+                        num_steps: int) -> list[int] | None:
+        bs, committed, limit, fresh, indexing = self.block_size, self._committed, self._index_limit, [], []
+        for i, (seq, c, r) in enumerate(zip(seqs, computed, remaining)):
+            start = committed[seq.seq_id]
+            if start != c // bs:
+                raise RuntimeError(f"decode run: sequence {seq.seq_id} has {c // bs - start} "
                                    f"computed blocks not committed")
-            full = self._indexed_upto(seq, (c + min(r, num_steps)) // bs)
-            if full > committed:
-                fresh.append((seq, committed, self._keys_upto(seq, full)[committed:full]))
-        return not self._any_indexed(fresh)
+            stop = min((c + min(r, num_steps)) // bs, limit[seq.seq_id])
+            if stop > start:
+                indexing.append(i)
+                fresh.append((seq, start, self._keys_upto(seq, stop)[start:stop]))
+        return None if fresh and self._any_indexed(fresh) else indexing
 
     def _index_filled(self, filled: list[tuple[Sequence, int]]) -> None:
         for seq, full in filled:
             self._commit_upto(seq, full)
+
+    def _settle(self, seq: Sequence, full: int) -> None:
+        self._committed[seq.seq_id] = full
 
     def _index_blocks(self, table: list[int], keys: list[Hashable], start: int, stop: int) -> None:
         """Index blocks `start` to `stop` - 1 of a block table under `keys`, block by block."""
@@ -147,7 +154,7 @@ class CachingKVManager(PagedKVManager):
         keys = self._keys(seq)
         hits: list[Block] = []
         node = self._root
-        for i in range(self._indexed_upto(seq, (seq.num_tokens - 1) // self.block_size)):
+        for i in range(min((seq.num_tokens - 1) // self.block_size, self._limit_of(seq))):
             node = self._find(node, self._key(seq, keys, i))
             if node is None:
                 break
@@ -159,24 +166,24 @@ class CachingKVManager(PagedKVManager):
             self.evictor.discard(block)
         super()._acquire(block)
 
-    def _take_blocks(self, count: int) -> list[Block]:
+    def _take_blocks(self, count: int) -> list[int]:
         """Uncached blocks first, then evicted ones."""
         fresh = min(count, len(self._free))
-        blocks = super()._take_blocks(fresh)
+        block_ids = super()._take_blocks(fresh)
         if count > fresh:
-            blocks += self._evict(count - fresh)
+            block_ids += self._evict(count - fresh)
             self.stats.evicted_blocks += count - fresh
-        return blocks
+        return block_ids
 
-    def _evict(self, count: int) -> list[Block]:
-        """Take the first `count` blocks of the eviction order out of the cache."""
-        blocks = self.evictor.pop_many(count)
-        remove = self._remove
-        for block in blocks:
+    def _evict(self, count: int) -> list[int]:
+        """Take the first `count` blocks of the eviction order out of the cache; their ids."""
+        block_ids = self.evictor.pop_many(count)
+        blocks, remove = self.blocks, self._remove
+        for block in map(blocks.__getitem__, block_ids):
             if block.key is not None:  # retired blocks were never indexed
                 remove(block)
                 block.key = None
-        return blocks
+        return block_ids
 
     def _on_unused(self, block: Block) -> None:
         if block.key is None:
@@ -191,16 +198,20 @@ class CachingKVManager(PagedKVManager):
         self.evictor.add_all([block for block in blocks if block.key is not None and evictable(block)])
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
-        self._committed[seq.seq_id] = num_cached_blocks
-        self._holders[seq.seq_id] = seq
+        self._hold(seq, num_cached_blocks)
 
     def _on_swapped_in(self, seq: Sequence) -> None:
-        self._committed[seq.seq_id] = 0  # fresh blocks: the next commit indexes or dedups them
+        self._hold(seq, 0)  # fresh blocks: the next commit indexes or dedups them
+
+    def _hold(self, seq: Sequence, committed: int) -> None:
+        self._committed[seq.seq_id] = committed
         self._holders[seq.seq_id] = seq
+        self._index_limit[seq.seq_id] = self._limit_of(seq)
 
     def _forget(self, seq: Sequence) -> None:
         self._committed.pop(seq.seq_id, None)
         self._holders.pop(seq.seq_id, None)
+        self._index_limit.pop(seq.seq_id, None)
 
     # -- keys ----------------------------------------------------------------------------------
 

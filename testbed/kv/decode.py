@@ -34,6 +34,12 @@ def new_block_steps(computed: int, num_blocks: int, remaining: int, block_size: 
     return range(num_blocks * block_size - computed, remaining, block_size)
 
 
+def fill_steps(computed: int, remaining: int, num_steps: int, block_size: int) -> range:
+    """Steps among the first `num_steps` of a run after which a decoding sequence's newest
+    block is full (its token of that step is the block's last)."""
+    return range(block_size - 1 - computed % block_size, min(remaining, num_steps), block_size)
+
+
 def decode_events(num_blocks: list[int], computed: list[int], remaining: list[int], num_steps: int,
                   block_size: int) -> list[StepEvents]:
     """The steps among the first `num_steps` of a run that allocate, commit or free, in order."""

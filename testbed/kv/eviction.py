@@ -7,8 +7,10 @@ O(1); only out-of-order ones go into a heap, and `pop` takes the smaller of the 
 Blocks leave lazily: `discard` only marks the entry stale, and stale entries are skipped on
 `pop` (and swept when they pile up).
 
-Retired blocks (`add_retired`) are ones nobody can use again, kept only until their turn to
-be evicted comes: a run of them is one queue entry, never discarded, taken a slice at a time.
+Retired blocks (`add_retired`, LRU only) are ones nobody can use again, kept only until their
+turn to be evicted comes: a run of them is one queue entry of block ids, never discarded,
+taken a slice at a time. They keep no counters of their own: the run knows when each was let
+go. `pop_many` gives block ids.
 """
 from __future__ import annotations
 
@@ -29,9 +31,11 @@ EVICTION_KEYS: dict[str, Callable[[Block], object]] = {
 
 @dataclass(slots=True, eq=False)
 class _Retired:
-    """Blocks evicted in this order, from `blocks[next]` on."""
+    """Blocks evicted in this order, from `block_ids[next]` on; block k was let go at tick
+    `first_tick + k`."""
 
-    blocks: list[Block]
+    block_ids: list[int]
+    first_tick: int
     next: int = 0
 
 
@@ -80,26 +84,27 @@ class Evictor:
         if len(queue) + len(heap) > 2 * self._len + 64:
             self._sweep()
 
-    def add_retired(self, blocks: list[Block]) -> None:
-        """Make `blocks` evictable for good: nobody will use them again, so they are evicted
-        in this order as one entry and never discarded. Their keys must ascend and follow
-        every key added before, as releases do under LRU (checked at the ends)."""
-        if not blocks:
+    def add_retired(self, block_ids: list[int], first_tick: int) -> None:
+        """Make blocks evictable for good under LRU: nobody will use them again, so they are
+        evicted in this order as one entry and never discarded. Block k was let go at tick
+        `first_tick + k` (its own `last_access` is not kept), after every block added before."""
+        if self.policy != "lru":
+            raise ValueError(f"retired blocks need the lru policy, not {self.policy}")
+        if not block_ids:
             return
-        queue, first, last = self._queue, self._key(blocks[0]), self._key(blocks[-1])
-        if queue and first < self._last_key or last < first:
-            raise ValueError(f"retired blocks {blocks[0].block_id}..{blocks[-1].block_id} come "
-                             f"out of the {self.policy} order")
-        queue.append((first, self._next_entry, _Retired(blocks)))
+        if self._queue and first_tick <= self._last_key:
+            raise ValueError(f"retired blocks let go at tick {first_tick}, before the last "
+                             f"evictable block (tick {self._last_key})")
+        self._queue.append((first_tick, self._next_entry, _Retired(block_ids, first_tick)))
         self._next_entry += 1
-        self._last_key = last
-        self._len += len(blocks)
+        self._last_key = first_tick + len(block_ids) - 1
+        self._len += len(block_ids)
 
-    def retired(self) -> Iterator[Block]:
-        """The retired blocks still to be evicted (for inspection)."""
+    def retired(self) -> Iterator[int]:
+        """Ids of the retired blocks still to be evicted (for inspection)."""
         for _, _, item in self._queue:
             if type(item) is _Retired:
-                yield from item.blocks[item.next:]
+                yield from item.block_ids[item.next:]
 
     def discard(self, block: Block) -> None:
         """Take `block` out (it is in use again); no-op if it is not evictable."""
@@ -107,12 +112,12 @@ class Evictor:
             block.evict_entry = -1
             self._len -= 1
 
-    def pop(self) -> Block:
-        """Remove and return the block to evict first."""
+    def pop(self) -> int:
+        """Remove the block to evict first; its id."""
         return self.pop_many(1)[0]
 
-    def pop_many(self, count: int) -> list[Block]:
-        """Remove and return the `count` blocks to evict first, first first."""
+    def pop_many(self, count: int) -> list[int]:
+        """Remove the `count` blocks to evict first; their ids, first first."""
         if count > self._len:
             raise IndexError(f"{count} blocks to evict, {self._len} evictable")
         queue, heap, out = self._queue, self._heap, []
@@ -128,20 +133,20 @@ class Evictor:
                 block = item
             if block.evict_entry == entry:
                 block.evict_entry = -1
-                out.append(block)
+                out.append(block.block_id)
         self._len -= count
         return out
 
-    def _take_retired(self, run: _Retired, count: int, out: list[Block]) -> None:
-        """Move up to `count` blocks from the front run of the queue to `out`."""
+    def _take_retired(self, run: _Retired, count: int, out: list[int]) -> None:
+        """Move up to `count` block ids from the front run of the queue to `out`."""
         start = run.next
-        run.next = stop = min(start + count, len(run.blocks))
-        out += run.blocks[start:stop]
+        run.next = stop = min(start + count, len(run.block_ids))
+        out += run.block_ids[start:stop]
         queue = self._queue
-        if stop == len(run.blocks):
+        if stop == len(run.block_ids):
             queue.popleft()
         else:
-            queue[0] = (self._key(run.blocks[stop]), queue[0][1], run)
+            queue[0] = (run.first_tick + stop, queue[0][1], run)
 
     def _sweep(self) -> None:
         """Drop the stale entries."""

@@ -6,11 +6,12 @@ happens to a block nobody uses any more).
 """
 from __future__ import annotations
 
-from itertools import repeat
+from bisect import bisect_right
+from itertools import accumulate
 
 from testbed.kv.base import KVStats, cdiv, check_pool_sizes, too_big_reason
 from testbed.kv.block import Block
-from testbed.kv.decode import advance_decodes_stepwise, decode_events
+from testbed.kv.decode import advance_decodes_stepwise, fill_steps, new_block_steps
 from testbed.kv.host import HostPool
 from testbed.request import Sequence
 
@@ -87,34 +88,43 @@ class PagedKVManager:
         finds its content already indexed: so each stretch takes its blocks at once, in the
         order the steps would, then indexes its full blocks at once, in order; a run where
         some content is already indexed goes call by call."""
-        if not self._indexes_afresh(seqs, computed, remaining, num_steps):
+        indexing = self._fills_to_index(seqs, computed, remaining, num_steps)
+        if indexing is None:
             return advance_decodes_stepwise(self, seqs, computed, remaining, num_steps)
         bs = self.block_size
-        used: list[int] = []
-        now_used = self._num_used  # blocks used as the steps would have it
-        tables: list[list[int]] = []  # the block table of each block to hand out, in order
-        filled: list[tuple[Sequence, int]] = []  # (sequence, full blocks) to index, in order
-        for events in decode_events([len(s.block_table) for s in seqs], computed, remaining,
-                                    num_steps, bs):
-            j = events.step
-            used += repeat(now_used, j - len(used))
-            tables += [seqs[i].block_table for i in events.allocate]
-            now_used += len(events.allocate)
-            used.append(now_used)
-            for i in events.update:
-                done = computed[i] + j + 1
-                if done % bs == 0:
-                    filled.append((seqs[i], done // bs))
-                if remaining[i] == j + 1:  # it ends: settle the stretch before its blocks go
-                    self._hand_out(tables)
-                    self._index_filled(filled)
-                    tables, filled = [], []
-                    self.free(seqs[i], finished=True)
-                    now_used = self._num_used
-        self._hand_out(tables)
-        self._index_filled(filled)
-        used += repeat(now_used, num_steps - len(used))
+        # (step, sequence index) of each block to open, each to index and each end, in order
+        opens = sorted((j, i) for i, (seq, c, r) in enumerate(zip(seqs, computed, remaining))
+                       for j in new_block_steps(c, len(seq.block_table), min(r, num_steps), bs))
+        fills = sorted((j, i) for i in indexing
+                       for j in fill_steps(computed[i], remaining[i], num_steps, bs))
+        ends = sorted((r - 1, i) for i, r in enumerate(remaining) if r <= num_steps)
+        opened = [0] * num_steps
+        for j, _ in opens:
+            opened[j] += 1
+        used = list(accumulate(opened, initial=self._num_used))[1:]
+        taken = indexed = 0
+        for end, k in ends:  # settle the stretch before the blocks of who ends go
+            n, m = bisect_right(opens, (end, len(seqs))), bisect_right(fills, (end, k))
+            self._open_and_fill(seqs, computed, opens[taken:n], fills[indexed:m])
+            taken, indexed = n, m
+            self._settle(seqs[k], (computed[k] + remaining[k]) // bs)
+            before = self._num_used
+            self.free(seqs[k], finished=True)
+            used[end + 1:] = [u - before + self._num_used for u in used[end + 1:]]
+        self._open_and_fill(seqs, computed, opens[taken:], fills[indexed:])
+        for seq, c, r in zip(seqs, computed, remaining):
+            if r > num_steps:
+                self._settle(seq, (c + num_steps) // bs)
         return used, [self.num_blocks - u for u in used]
+
+    def _open_and_fill(self, seqs: list[Sequence], computed: list[int],
+                       opens: list[tuple[int, int]], fills: list[tuple[int, int]]) -> None:
+        """Hand out the blocks of `opens` and index the full ones of `fills` ((step, sequence
+        index) each, in order) of a run."""
+        self._hand_out([seqs[i].block_table for _, i in opens])
+        if fills:
+            bs = self.block_size
+            self._index_filled([(seqs[i], (computed[i] + j + 1) // bs) for j, i in fills])
 
     def free(self, seq: Sequence, finished: bool = False) -> None:
         self._release_all(seq, finished)
@@ -153,9 +163,10 @@ class PagedKVManager:
         count = len(tables)
         if count > self.num_blocks - self._num_used:
             raise RuntimeError(f"{count} KV blocks to hand out, {self.num_blocks - self._num_used} free")
-        for table, block in zip(tables, self._take_blocks(count)):
-            block.ref_count = 1
-            table.append(block.block_id)
+        blocks = self.blocks
+        for table, block_id in zip(tables, self._take_blocks(count)):
+            blocks[block_id].ref_count = 1
+            table.append(block_id)
         self._num_used += count
         self.stats.allocated_blocks += count
         if self._num_used > self.stats.peak_used_blocks:
@@ -203,13 +214,13 @@ class PagedKVManager:
         """Cached blocks holding the leading full blocks of `seq`, as many as may be reused."""
         return []
 
-    def _take_blocks(self, count: int) -> list[Block]:
-        """`count` unused blocks for fresh content (callers checked that they exist)."""
+    def _take_blocks(self, count: int) -> list[int]:
+        """Ids of `count` unused blocks for fresh content (callers checked that they exist)."""
         free = self._free
-        ids = free[len(free) - count:]
+        block_ids = free[len(free) - count:]
         del free[len(free) - count:]
-        blocks = self.blocks
-        return [blocks[i] for i in reversed(ids)]
+        block_ids.reverse()
+        return block_ids
 
     def _on_unused(self, block: Block) -> None:
         self._free.append(block.block_id)
@@ -218,13 +229,17 @@ class PagedKVManager:
         """`_on_unused` of each of `blocks`, in order."""
         self._free.extend([block.block_id for block in blocks])
 
-    def _indexes_afresh(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
-                        num_steps: int) -> bool:
-        """Whether none of the blocks the run fills up finds its content already indexed."""
-        return True
+    def _fills_to_index(self, seqs: list[Sequence], computed: list[int], remaining: list[int],
+                        num_steps: int) -> list[int] | None:
+        """Which sequences of a run (by index) have the blocks they fill up indexed as they
+        fill; None when one of those blocks would find its content already indexed."""
+        return []
 
     def _index_filled(self, filled: list[tuple[Sequence, int]]) -> None:
         """Commit each (sequence, its first n blocks), in order."""
+
+    def _settle(self, seq: Sequence, full: int) -> None:
+        """A run left the first `full` blocks of `seq` computed (and indexed, where due)."""
 
     def _on_admitted(self, seq: Sequence, num_cached_blocks: int) -> None:
         """`seq` just got its first blocks, the first `num_cached_blocks` of them from the cache."""

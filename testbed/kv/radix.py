@@ -52,15 +52,15 @@ class RadixKVManager(CachingKVManager):
             firsts.add(first)
         return False
 
-    def _evict(self, count: int) -> list[Block]:
+    def _evict(self, count: int) -> list[int]:
         """One at a time: removing a leaf can make its parent the next to go."""
-        blocks = []
+        block_ids = []
         for _ in range(count):
-            block = self.evictor.pop()
+            block = self.blocks[self.evictor.pop()]
             self._remove(block)
             block.key = None
-            blocks.append(block)
-        return blocks
+            block_ids.append(block.block_id)
+        return block_ids
 
     def _evictable(self, block: Block) -> bool:
         return not block.children

@@ -231,20 +231,26 @@ class BaseScheduler:
                     != seq.request.prompt_len + len(seq.output_token_ids) - 1):
                 return None  # not decoding (or a recompute still to finish)
         self._order_running()
-        remaining, reasons = [], []
-        for seq in self.running:
-            sampling = seq.request.sampling
+        running, bs = list(self.running), self.kv.block_size
+        computed, remaining, num_blocks, reasons = [], [], [], []
+        new_blocks = 0  # that all of the run's steps would take
+        for seq in running:
+            request, c, b = seq.request, seq.num_computed_tokens, len(seq.block_table)
+            sampling = request.sampling
             if not sampling.ignore_eos and token in sampling.stop_token_ids:
-                remaining.append(1)
-                reasons.append("stop")
+                r, reason = 1, "stop"
             else:
-                remaining.append(max(1, seq.request.output_len - len(seq.output_token_ids)))
-                reasons.append("length")
-        running = list(self.running)
-        run = DecodeRun(running, [s.num_computed_tokens for s in running], remaining,
-                        [len(s.block_table) for s in running], reasons, token,
+                r, reason = max(1, request.output_len - len(seq.output_token_ids)), "length"
+            computed.append(c)
+            remaining.append(r)
+            num_blocks.append(b)
+            reasons.append(reason)
+            if c + r > b * bs:
+                new_blocks += (c + r - 1) // bs + 1 - b
+        run = DecodeRun(running, computed, remaining, num_blocks, reasons, token,
                         min(horizon, max(remaining)))
-        run.max_steps = steps_within_blocks(run, self.kv.num_free_blocks, self.kv.block_size)
+        if new_blocks > self.kv.num_free_blocks:
+            run.max_steps = steps_within_blocks(run, self.kv.num_free_blocks, bs)
         return run if run.max_steps > 0 else None
 
     def apply_decodes(self, run: DecodeRun, ends: list[float]) -> tuple[list[Sequence], list[int], list[int]]:

@@ -14,10 +14,15 @@ from testbed.sim.features import decode_features, step_features
 
 
 class SimExecutor:
+    """`decode_seconds(n_decodes, sum_decode_context)`: seconds of a decode-only step, as
+    `execute` gives them: `n_decodes` sequences decoding, attending to `sum_decode_context`
+    keys in all (the cost model's own `decode_seconds` where it has one: quicker)."""
+
     def __init__(self, cost_model: CostModel, swap_seconds_per_block: float = 0.0, token_id: int = 0):
         self.cost_model = cost_model
         self.swap_seconds_per_block = swap_seconds_per_block
         self.token_id = token_id
+        self.decode_seconds = getattr(cost_model, "decode_seconds", self._predict_decode)
 
     def execute(self, plan: StepPlan) -> StepResult:
         features = step_features(plan)
@@ -27,10 +32,5 @@ class SimExecutor:
         tokens = {s.seq.seq_id: token for s in plan.scheduled if s.samples}
         return StepResult(tokens, seconds, device_seconds=seconds)
 
-    def decode_seconds(self, n_decodes: int, sum_decode_context: int) -> float:
-        """Seconds of a decode-only step, as `execute` gives them: `n_decodes` sequences
-        decoding, attending to `sum_decode_context` keys in all."""
-        quick = getattr(self.cost_model, "decode_seconds", None)
-        if quick is not None:
-            return quick(n_decodes, sum_decode_context)
+    def _predict_decode(self, n_decodes: int, sum_decode_context: int) -> float:
         return self.cost_model.predict(decode_features(n_decodes, sum_decode_context))

@@ -103,9 +103,9 @@ class RooflineCostModel:
         if by_batch is None:
             by_batch = self._by_batch[n_decodes] = self._batch_terms(n_decodes)
         before, lm_head = by_batch
-        flops = self._attn_flops_per_pair * sum_decode_context
-        nbytes = self._kv_bytes_per_token * (sum_decode_context + n_decodes)
-        return before + max(flops / self._flop_rate, nbytes / self._byte_rate) + lm_head
+        compute = self._attn_flops_per_pair * sum_decode_context / self._flop_rate
+        memory = self._kv_bytes_per_token * (sum_decode_context + n_decodes) / self._byte_rate
+        return before + (compute if compute >= memory else memory) + lm_head
 
     def _batch_terms(self, n_decodes: int) -> tuple[float, float]:
         """Of a decode step of `n_decodes` sequences: the running sum of `predict` up to its
