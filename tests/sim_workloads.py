@@ -15,6 +15,7 @@ from testbed.kv import make_kv_manager
 from testbed.model.config import named_config
 from testbed.replay.clock import VirtualClock
 from testbed.replay.driver import replay
+from testbed.replay.recorder import request_row
 from testbed.request import Request, SamplingParams
 from testbed.sched import SchedulerConfig, make_scheduler
 from testbed.sim.executor import SimExecutor
@@ -66,8 +67,8 @@ class Tables:
         self.steps_in_runs += num_rows
         self._in_run = True
 
-    def request(self, row: dict) -> None:
-        self.requests.append(row)
+    def ended(self, seq, slo=None) -> None:
+        self.requests.append(request_row(seq, slo))
         self.ended_in_runs += self._in_run
 
     def request_tokens(self, request_id: str, times: list[float]) -> None:

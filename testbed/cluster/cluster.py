@@ -26,7 +26,7 @@ from testbed.cluster.replica import Replica
 from testbed.cluster.routers import Router
 from testbed.metrics import SLO
 from testbed.replay.driver import Progress, ReplayCounts, StalledError, step_columns, step_row
-from testbed.replay.recorder import Recorder, request_row
+from testbed.replay.recorder import Recorder
 from testbed.request import Request, Sequence, SeqStatus
 
 
@@ -217,7 +217,7 @@ def _log(ended: Ended, counts: ReplayCounts, recorder: Recorder | None, slo: SLO
     counts.output_tokens += seq.num_output_tokens
     if recorder is None:
         return
-    recorder.request({**request_row(seq, slo), "replica": ended.replica,
-                      "prefill_replica": ended.prefill_replica, "kv_transfer_s": ended.kv_transfer_s})
+    recorder.ended(seq, slo, replica=ended.replica, prefill_replica=ended.prefill_replica,
+                   kv_transfer_s=ended.kv_transfer_s)
     if recorder.tokens is not None:
         recorder.request_tokens(seq.request.request_id, seq.token_times)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from testbed.engine.engine import Engine, StepOutput, StepRun
 from testbed.metrics import SLO
-from testbed.replay.recorder import Recorder, request_row
+from testbed.replay.recorder import Recorder
 from testbed.request import Request, Sequence
 
 
@@ -69,7 +69,7 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
         for seq in finished:
             _count(counts, seq)
             if recorder is not None:
-                recorder.request(request_row(seq, slo))
+                recorder.ended(seq, slo)
                 if recorder.tokens is not None:
                     recorder.request_tokens(seq.request.request_id, seq.token_times)
         if run is None and out.plan.is_empty and not out.finished:

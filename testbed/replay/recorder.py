@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from testbed.metrics import SLO, request_latencies
+from testbed.metrics import SLO, latencies, request_latencies
 from testbed.request import Sequence
 
 _I, _F, _S = pa.int64(), pa.float64(), pa.string()
@@ -81,15 +81,21 @@ class _Table:
         value (a number or a string) for every row."""
         if num_rows < 1:
             return
-        values = {name: v.tolist() if isinstance(v, np.ndarray) else v for name, v in columns.items()}
-        for name, v in values.items():
-            if isinstance(v, list) and len(v) != num_rows:
+        for name, v in columns.items():
+            if isinstance(v, (list, np.ndarray)) and len(v) != num_rows:
                 raise ValueError(f"{self._where(self.n_rows)}: column {name!r} has {len(v)} "
                                  f"values for {num_rows} rows")
-        self._check_keys({name: v[0] if isinstance(v, list) else v for name, v in values.items()})
+        if self.schema is None or columns.keys() != self.names:
+            self._check_keys({name: v[0] if isinstance(v, (list, np.ndarray)) else v
+                              for name, v in columns.items()})
         for name, column in self.columns.items():
-            v = values[name]
-            column.extend(v if isinstance(v, list) else repeat(v, num_rows))
+            v = columns[name]
+            if type(v) is list:
+                column.extend(v)
+            elif isinstance(v, np.ndarray):
+                column.extend(v.tolist())
+            else:
+                column.extend(repeat(v, num_rows))
         self.n_buffered += num_rows
         self.n_rows += num_rows
 
@@ -112,7 +118,9 @@ class _Table:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"part-{self.n_parts:06d}.parquet"
         tmp = self.directory / f".{name}.tmp"
-        pq.write_table(table, tmp)
+        # Dictionaries pay off for strings (statuses, reasons, ids), not for numbers.
+        strings = [f.name for f in table.schema if pa.types.is_string(f.type)]
+        pq.write_table(table, tmp, use_dictionary=strings)
         os.replace(tmp, self.directory / name)
         self.n_parts += 1
 
@@ -161,27 +169,78 @@ class _Table:
         return f"{self.directory.name} row {index}"
 
 
+class _RequestTable(_Table):
+    """The requests table. Rows of ended sequences may come without their latencies
+    (`Recorder.ended`): those are computed for all such rows at once before the rows are
+    written, with `testbed.metrics` on arrays (as `request_row` does for one row)."""
+
+    def __init__(self, directory: Path, schema: dict[str, pa.DataType]):
+        super().__init__(directory, schema, extras=False)
+        self._incomplete: list[tuple[int, SLO | None]] = []  # (buffered row, its SLO)
+
+    def add_ended(self, row: dict[str, Any], slo: SLO | None) -> None:
+        self.add(row)
+        self._incomplete.append((self.n_buffered - 1, slo))
+
+    def flush(self) -> None:
+        if self._incomplete:
+            self._complete()
+        super().flush()
+
+    def _complete(self) -> None:
+        columns, rows = self.columns, [i for i, _ in self._incomplete]
+
+        def values(name: str) -> np.ndarray:  # None (a time never reached) becomes NaN
+            column = columns[name]
+            return np.array([column[i] for i in rows], dtype=float)
+
+        lat = latencies(values("arrival_s"), values("first_scheduled_s"), values("first_token_s"),
+                        values("finish_s"), values("n_output_tokens"))
+        for name, key in _LATENCY_COLUMNS:
+            column = columns[name]
+            for i, v in zip(rows, lat[key].tolist()):
+                column[i] = v
+        status = [columns["status"][i] for i in rows]
+        met = columns["slo_met"]
+        for slo in {id(slo): slo for _, slo in self._incomplete if slo is not None and slo.limits}.values():
+            ok = slo.is_met(status, lat["ttft"], lat["tpot"], lat["e2e"]).tolist()
+            for j, (i, row_slo) in enumerate(self._incomplete):
+                if row_slo is slo:
+                    met[i] = ok[j]
+        self._incomplete.clear()
+
+
+_LATENCY_COLUMNS = (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2e"), ("queue_s", "queue"))
+
+
 def request_row(seq: Sequence, slo: SLO | None = None) -> dict[str, Any]:
     """The requests.parquet row of a finished, rejected or aborted sequence.
 
     Latencies and `slo_met` come from `testbed.metrics`; `slo_met` is None without an SLO.
     """
+    row = _request_fields(seq)
+    lat = request_latencies(row["arrival_s"], row["first_scheduled_s"], row["first_token_s"],
+                            row["finish_s"], row["n_output_tokens"])
+    for name, key in _LATENCY_COLUMNS:
+        row[name] = lat[key]
+    if slo is not None and slo.limits:
+        row["slo_met"] = bool(slo.is_met(row["status"], lat["ttft"], lat["tpot"], lat["e2e"]))
+    return row
+
+
+def _request_fields(seq: Sequence) -> dict[str, Any]:
+    """`request_row` with its latencies and `slo_met` left None."""
     if not seq.status.is_done:
         raise ValueError(f"request {seq.request.request_id!r} is still {seq.status.value}")
     req = seq.request
-    lat = request_latencies(req.arrival_s, seq.first_scheduled_s, seq.first_token_s,
-                            seq.finish_s, seq.num_output_tokens)
-    status = seq.status.value
-    met = (bool(slo.is_met(status, lat["ttft"], lat["tpot"], lat["e2e"]))
-           if slo is not None and slo.limits else None)
     return {
         "request_id": req.request_id, "arrival_s": req.arrival_s, "prompt_len": req.prompt_len,
         "output_len": req.output_len, "n_output_tokens": seq.num_output_tokens,
         "cached_prompt_tokens": seq.num_cached_tokens, "first_scheduled_s": seq.first_scheduled_s,
-        "first_token_s": seq.first_token_s, "finish_s": seq.finish_s, "ttft": lat["ttft"],
-        "tpot": lat["tpot"], "e2e": lat["e2e"], "queue_s": lat["queue"],
-        "n_preemptions": seq.num_preemptions, "status": status, "reason": seq.reason,
-        "slo_met": met, "priority": req.priority,
+        "first_token_s": seq.first_token_s, "finish_s": seq.finish_s, "ttft": None,
+        "tpot": None, "e2e": None, "queue_s": None,
+        "n_preemptions": seq.num_preemptions, "status": seq.status.value, "reason": seq.reason,
+        "slo_met": None, "priority": req.priority,
     }
 
 
@@ -205,8 +264,8 @@ class Recorder:
         self.flush_every = flush_every
         self.steps = _Table(self.run_dir / "steps.parquet", {**STEP_SCHEMA, **(step_columns or {})},
                             extras=True)
-        self.requests = _Table(self.run_dir / "requests.parquet",
-                               {**REQUEST_SCHEMA, **(request_columns or {})}, extras=False)
+        self.requests = _RequestTable(self.run_dir / "requests.parquet",
+                                      {**REQUEST_SCHEMA, **(request_columns or {})})
         self.tokens = (_Table(self.run_dir / "tokens.parquet", TOKEN_SCHEMA, extras=False)
                        if tokens else None)
         self.meta: dict[str, Any] = {}
@@ -232,12 +291,27 @@ class Recorder:
         self._flush_if_full(self.steps)
 
     def request(self, row: dict[str, Any]) -> None:
+        self._check_status(row)
+        self._add(self.requests, row)
+        self._count_request(row)
+
+    def ended(self, seq: Sequence, slo: SLO | None = None, **columns: Any) -> None:
+        """The row `request(request_row(seq, slo) | columns)` writes, its latencies computed
+        together with those of the other rows written at the same time (quicker)."""
+        row = _request_fields(seq) | columns
+        self._check_open()
+        self.requests.add_ended(row, slo)
+        self._count_request(row)
+        self._flush_if_full(self.requests)
+
+    def _check_status(self, row: dict[str, Any]) -> None:
         status = row.get("status")
         if status not in REQUEST_STATUSES:
             raise ValueError(f"requests row {self.requests.n_rows}: status {status!r} is not one "
                              f"of {REQUEST_STATUSES}")
-        self._add(self.requests, row)
-        self.status_counts[status] += 1
+
+    def _count_request(self, row: dict[str, Any]) -> None:
+        self.status_counts[row["status"]] += 1
         self.output_tokens += int(row.get("n_output_tokens") or 0)
 
     def token(self, request_id: str, index: int, t: float) -> None:
