@@ -196,15 +196,16 @@ def prefix_capacity(sweep: PresetSweep, out: Path) -> list[Block]:
     color = style.colors(sweep.labels)
     for label in sweep.labels:
         g = runs[runs["label"] == label]
-        axes[0].plot(g[capacity], 100 * g["prefix_hit_rate"], "o-", color=color[label], label=label)
-        axes[1].plot(g[capacity], g[stat_key("ttft", "mean")], "o-", color=color[label], label=label)
+        line = "s--" if label.startswith("radix") else "o-"  # a radix curve may lie on its prefix twin
+        axes[0].plot(g[capacity], 100 * g["prefix_hit_rate"], line, color=color[label], label=label)
+        axes[1].plot(g[capacity], g[stat_key("ttft", "mean")], line, color=color[label], label=label)
     axes[0].axhline(100 * bound, color="black", lw=1, ls=":", label="infinite cache")
     axes[0].set(xscale="log", xlabel="KV cache capacity (GB)", ylabel="prompt tokens hit (%)")
     axes[1].set(xscale="log", yscale="log", xlabel="KV cache capacity (GB)", ylabel="mean TTFT (s)")
     axes[0].legend(fontsize=6)
     return [Heading("Prefix-cache capacity on the Mooncake trace", 1), table, ttft_table,
             *_save(fig, out, "prefix_capacity", "Prefix-cache hit rate (dotted: the infinite-"
-                   "cache bound) and mean TTFT against KV cache capacity.")]
+                   "cache bound) and mean TTFT against KV cache capacity; radix trees dashed.")]
 
 
 def sjf_vs_fcfs(sweep: PresetSweep, out: Path) -> list[Block]:

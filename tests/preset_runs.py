@@ -10,7 +10,8 @@ import pandas as pd
 from experiments.reproduce import comparison_of
 from replay_runs import REPO, replay_env
 
-# One process for the whole sweep (no worker pool to start).
+# One process for the whole sweep (no worker pool to start); the real-engine presets pin their
+# joblib launcher to one run at a time instead.
 QUICK = ("hydra/launcher=basic",)
 
 
@@ -18,7 +19,7 @@ def reproduce(tmp_path, name: str, *overrides: str) -> tuple[str, pd.DataFrame]:
     """Run the preset; returns comparison.md's text and comparison.parquet (a row per run)."""
     sweep = tmp_path / name
     done = subprocess.run([sys.executable, "-m", "experiments.reproduce", name,
-                           "--sweep-dir", str(sweep), *QUICK, *overrides],
+                           "--sweep-dir", str(sweep), *(() if name.endswith("_cpu") else QUICK), *overrides],
                           cwd=REPO, env=replay_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out, figure = sweep / "comparison", comparison_of(name)  # figures take the comparison's name
