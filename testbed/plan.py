@@ -44,9 +44,12 @@ class StepPlan:
 class StepResult:
     """The step's sampled tokens (seq_id -> token id, for each scheduled seq that samples)
     and how long it took (measured for the real engine, predicted for the simulator).
-    `device_seconds` / `host_seconds` split the time where the executor can tell."""
+    `device_seconds` / `host_seconds` split the time where the executor can tell.
+    `features`: the plan's `testbed.sim.features.StepFeatures`, where the executor computed
+    them (the simulator prices a step by them), so the engine need not compute them again."""
 
     tokens: dict[int, int]
     seconds: float
     host_seconds: float = 0.0
     device_seconds: float = 0.0
+    features: object | None = None

@@ -89,7 +89,9 @@ class HandoffExecutor:
                 del arrived[item.seq.seq_id]
             if end > max(start, have):
                 scheduled.append(_computed_part(item, original, max(start, have)))
-        return self.inner.execute(dataclasses.replace(plan, scheduled=scheduled))
+        result = self.inner.execute(dataclasses.replace(plan, scheduled=scheduled))
+        result.features = None  # those of the plan it ran, not of `plan`
+        return result
 
 
 def _computed_part(item: ScheduledSeq, original: Request, start: int) -> ScheduledSeq:

@@ -142,8 +142,9 @@ class Engine:
     def _step_sync(self) -> StepOutput:
         t_start = self.clock.now
         plan = self.scheduler.schedule(t_start)
-        features, occupancy = step_features(plan), self._occupancy()
+        occupancy = self._occupancy()
         result = self.executor.execute(plan) if not plan.is_empty else StepResult({}, 0.0)
+        features = result.features or step_features(plan)
         self.clock.advance(result.seconds)
         t_end = self.clock.now
         finished = self.scheduler.update(plan, result, t_end)

@@ -60,7 +60,9 @@ class CachingKVManager(PagedKVManager):
         return cached
 
     def commit(self, seq: Sequence) -> None:
-        self._commit_upto(seq, seq.num_computed_tokens // self.block_size)
+        full = seq.num_computed_tokens // self.block_size
+        if full > self._committed[seq.seq_id]:
+            self._commit_upto(seq, full)
 
     def _commit_upto(self, seq: Sequence, full: int) -> None:
         committed = self._committed[seq.seq_id]
@@ -177,12 +179,11 @@ class CachingKVManager(PagedKVManager):
 
     def _evict(self, count: int) -> list[int]:
         """Take the first `count` blocks of the eviction order out of the cache; their ids."""
-        block_ids = self.evictor.pop_many(count)
-        blocks, remove = self.blocks, self._remove
-        for block in map(blocks.__getitem__, block_ids):
-            if block.key is not None:  # retired blocks were never indexed
-                remove(block)
-                block.key = None
+        block_ids, indexed = self.evictor.evict(count)  # retired blocks were never indexed
+        remove = self._remove
+        for block in indexed:
+            remove(block)
+            block.key = None
         return block_ids
 
     def _on_unused(self, block: Block) -> None:

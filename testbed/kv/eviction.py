@@ -118,9 +118,14 @@ class Evictor:
 
     def pop_many(self, count: int) -> list[int]:
         """Remove the `count` blocks to evict first; their ids, first first."""
+        return self.evict(count)[0]
+
+    def evict(self, count: int) -> tuple[list[int], list[Block]]:
+        """Remove the `count` blocks to evict first: their ids, first first, and those of them
+        that are not retired (in the same order)."""
         if count > self._len:
             raise IndexError(f"{count} blocks to evict, {self._len} evictable")
-        queue, heap, out = self._queue, self._heap, []
+        queue, heap, out, kept = self._queue, self._heap, [], []
         while len(out) < count:
             if heap and (not queue or heap[0] < queue[0]):
                 _, entry, block = heapq.heappop(heap)
@@ -134,8 +139,9 @@ class Evictor:
             if block.evict_entry == entry:
                 block.evict_entry = -1
                 out.append(block.block_id)
+                kept.append(block)
         self._len -= count
-        return out
+        return out, kept
 
     def _take_retired(self, run: _Retired, count: int, out: list[int]) -> None:
         """Move up to `count` block ids from the front run of the queue to `out`."""

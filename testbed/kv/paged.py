@@ -93,8 +93,12 @@ class PagedKVManager:
             return advance_decodes_stepwise(self, seqs, computed, remaining, num_steps)
         bs = self.block_size
         # (step, sequence index) of each block to open, each to index and each end, in order
-        opens = sorted((j, i) for i, (seq, c, r) in enumerate(zip(seqs, computed, remaining))
-                       for j in new_block_steps(c, len(seq.block_table), min(r, num_steps), bs))
+        opens = []
+        for i, (seq, c, r) in enumerate(zip(seqs, computed, remaining)):
+            steps = new_block_steps(c, len(seq.block_table), r if r < num_steps else num_steps, bs)
+            if steps:
+                opens += [(j, i) for j in steps]
+        opens.sort()
         fills = sorted((j, i) for i in indexing
                        for j in fill_steps(computed[i], remaining[i], num_steps, bs))
         ends = sorted((r - 1, i) for i, r in enumerate(remaining) if r <= num_steps)

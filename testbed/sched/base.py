@@ -259,7 +259,7 @@ class BaseScheduler:
         times and ends. Returns the sequences that ended (in the order the updates would have
         reported them) and, per step, the KV blocks used and free once it was scheduled."""
         seqs, computed, remaining, num_steps = run.seqs, run.computed, run.remaining, len(ends)
-        steps = [min(r, num_steps) for r in remaining]
+        steps = [r if r < num_steps else num_steps for r in remaining]
         # Tokens first: a block's content key reads only its own tokens.
         for seq, n in zip(seqs, steps):
             seq.output_token_ids.extend(repeat(run.token, n))

@@ -30,7 +30,7 @@ class SimExecutor:
         seconds += features.n_swap_blocks * self.swap_seconds_per_block
         token = self.token_id
         tokens = {s.seq.seq_id: token for s in plan.scheduled if s.samples}
-        return StepResult(tokens, seconds, device_seconds=seconds)
+        return StepResult(tokens, seconds, device_seconds=seconds, features=features)
 
     def _predict_decode(self, n_decodes: int, sum_decode_context: int) -> float:
         return self.cost_model.predict(decode_features(n_decodes, sum_decode_context))
