@@ -11,7 +11,8 @@ class Block:
 
     `key` is set while the block is in the prefix index (its content is reusable). Ticks
     come from the manager's logical clock, so they are unique and totally ordered. A retired
-    block (`Evictor.add_retired`) keeps its old counters until it is handed out again.
+    block (`Evictor.add_retired`) keeps its counters as they were when its one holder let go
+    (`ref_count` 1) until it is handed out again, to a new one holder.
     """
 
     block_id: int

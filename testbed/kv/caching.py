@@ -107,7 +107,7 @@ class CachingKVManager(PagedKVManager):
 
     def _retire(self, block_ids: list[int]) -> None:
         """Release blocks held by a finished sequence alone that nobody can ever hit: evictable,
-        tail first, as one retired run (their counters are not kept)."""
+        tail first, as one retired run (their counters stay as that holder left them)."""
         self.evictor.add_retired(block_ids[::-1], self._tick + 1)
         self._tick += len(block_ids)
         self._num_used -= len(block_ids)
@@ -178,12 +178,15 @@ class CachingKVManager(PagedKVManager):
         return block_ids
 
     def _evict(self, count: int) -> list[int]:
-        """Take the first `count` blocks of the eviction order out of the cache; their ids."""
-        block_ids, indexed = self.evictor.evict(count)  # retired blocks were never indexed
+        """Take the first `count` blocks of the eviction order out of the cache; their ids,
+        each now held once. Retired blocks were never indexed and still count their one
+        holder, so they are not touched at all."""
+        block_ids, indexed = self.evictor.evict(count)
         remove = self._remove
         for block in indexed:
             remove(block)
             block.key = None
+            block.ref_count = 1
         return block_ids
 
     def _on_unused(self, block: Block) -> None:

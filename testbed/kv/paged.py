@@ -160,21 +160,23 @@ class PagedKVManager:
     # -- block life cycle ------------------------------------------------------------------
 
     def _extend(self, table: list[int], count: int) -> None:
-        self._hand_out([table] * count)
+        table.extend(self._take_fresh(count))
 
     def _hand_out(self, tables: list[list[int]]) -> None:
         """One fresh block to the end of each of `tables` (one may come more than once), in order."""
-        count = len(tables)
+        for table, block_id in zip(tables, self._take_fresh(len(tables))):
+            table.append(block_id)
+
+    def _take_fresh(self, count: int) -> list[int]:
+        """Ids of `count` blocks for fresh content, now held once and counted as used."""
         if count > self.num_blocks - self._num_used:
             raise RuntimeError(f"{count} KV blocks to hand out, {self.num_blocks - self._num_used} free")
-        blocks = self.blocks
-        for table, block_id in zip(tables, self._take_blocks(count)):
-            blocks[block_id].ref_count = 1
-            table.append(block_id)
+        block_ids = self._take_blocks(count)
         self._num_used += count
         self.stats.allocated_blocks += count
         if self._num_used > self.stats.peak_used_blocks:
             self.stats.peak_used_blocks = self._num_used
+        return block_ids
 
     def _acquire(self, block: Block) -> None:
         if block.ref_count == 0:
@@ -219,11 +221,14 @@ class PagedKVManager:
         return []
 
     def _take_blocks(self, count: int) -> list[int]:
-        """Ids of `count` unused blocks for fresh content (callers checked that they exist)."""
-        free = self._free
+        """Ids of `count` unused blocks for fresh content, each now held once (callers checked
+        that they exist)."""
+        free, blocks = self._free, self.blocks
         block_ids = free[len(free) - count:]
         del free[len(free) - count:]
         block_ids.reverse()
+        for block_id in block_ids:
+            blocks[block_id].ref_count = 1
         return block_ids
 
     def _on_unused(self, block: Block) -> None:

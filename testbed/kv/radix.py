@@ -59,6 +59,7 @@ class RadixKVManager(CachingKVManager):
             block = self.blocks[self.evictor.pop()]
             self._remove(block)
             block.key = None
+            block.ref_count = 1
             block_ids.append(block.block_id)
         return block_ids
 
