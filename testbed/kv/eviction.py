@@ -9,8 +9,8 @@ Blocks leave lazily: `discard` only marks the entry stale, and stale entries are
 
 Retired blocks (`add_retired`, LRU only) are ones nobody can use again, kept only until their
 turn to be evicted comes: a run of them is one queue entry of block ids, never discarded,
-taken a slice at a time. They keep no counters of their own: the run knows when each was let
-go. `pop_many` gives block ids.
+taken a slice at a time. Their own counters are not kept up to date: the run knows when each
+was let go. Evictions come out as block ids.
 """
 from __future__ import annotations
 

@@ -112,9 +112,10 @@ class PagedKVManager:
             self._open_and_fill(seqs, computed, opens[taken:n], fills[indexed:m])
             taken, indexed = n, m
             self._settle(seqs[k], (computed[k] + remaining[k]) // bs)
-            before = self._num_used
+            freed = self._num_used
             self.free(seqs[k], finished=True)
-            used[end + 1:] = [u - before + self._num_used for u in used[end + 1:]]
+            freed -= self._num_used
+            used[end + 1:] = [u - freed for u in used[end + 1:]]
         self._open_and_fill(seqs, computed, opens[taken:], fills[indexed:])
         for seq, c, r in zip(seqs, computed, remaining):
             if r > num_steps:

@@ -233,7 +233,7 @@ class BaseScheduler:
         self._order_running()
         running, bs = list(self.running), self.kv.block_size
         computed, remaining, num_blocks, reasons = [], [], [], []
-        new_blocks = 0  # that all of the run's steps would take
+        new_blocks = 0  # that the whole run would open
         for seq in running:
             request, c, b = seq.request, seq.num_computed_tokens, len(seq.block_table)
             sampling = request.sampling
