@@ -207,14 +207,7 @@ def run_cluster(requests: list[Request], cluster: Cluster, recorder: Recorder | 
 
 def _log(ended: Ended, counts: ReplayCounts, recorder: Recorder | None, slo: SLO | None) -> None:
     seq = ended.seq
-    status = seq.status.value
-    if status == "finished":
-        counts.finished += 1
-    elif status == "rejected":
-        counts.rejected += 1
-    else:
-        counts.aborted += 1
-    counts.output_tokens += seq.num_output_tokens
+    counts.count_ended(seq)
     if recorder is None:
         return
     recorder.ended(seq, slo, replica=ended.replica, prefill_replica=ended.prefill_replica,

@@ -34,6 +34,17 @@ class ReplayCounts:
     wall_seconds: float = 0.0
     sim_seconds: float = 0.0
 
+    def count_ended(self, seq: Sequence) -> None:
+        """Count a request that has ended, by how it ended, and its output tokens."""
+        status = seq.status.value
+        if status == "finished":
+            self.finished += 1
+        elif status == "rejected":
+            self.rejected += 1
+        else:
+            self.aborted += 1
+        self.output_tokens += seq.num_output_tokens
+
 
 class StalledError(RuntimeError):
     """The scheduler can make no progress and nothing else will arrive."""
@@ -67,7 +78,7 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
                 recorder.step(step_row(out))
             finished = out.finished
         for seq in finished:
-            _count(counts, seq)
+            counts.count_ended(seq)
             if recorder is not None:
                 recorder.ended(seq, slo)
                 if recorder.tokens is not None:
@@ -118,17 +129,6 @@ def step_columns(run: StepRun) -> dict:
         "n_waiting": run.n_waiting, "n_running": f.n_seqs, "n_swapped": run.n_swapped,
         **f.as_dict(),
     }
-
-
-def _count(counts: ReplayCounts, seq: Sequence) -> None:
-    status = seq.status.value
-    if status == "finished":
-        counts.finished += 1
-    elif status == "rejected":
-        counts.rejected += 1
-    else:
-        counts.aborted += 1
-    counts.output_tokens += seq.num_output_tokens
 
 
 def _ended(counts: ReplayCounts) -> int:
