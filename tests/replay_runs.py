@@ -24,10 +24,11 @@ MLX_TINY = ("trace=azure_conv", "engine=mlx", "model=qwen2-tiny", "engine.kv_mem
             "engine.host_kv_memory_gb=0", "report=false", "progress=false")
 
 
-def config(*overrides: str) -> dict:
-    """The replay's config (conf/config.yaml) with `overrides`, resolved to plain data."""
+def config(*overrides: str, name: str = "config") -> dict:
+    """The config `conf/<name>.yaml` (the replay's by default) with `overrides`, resolved to
+    plain data."""
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("config", overrides=list(overrides))
+        cfg = compose(name, overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
 
 

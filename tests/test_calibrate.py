@@ -9,11 +9,9 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from experiments.calibrate import calibrate, grid_workloads, rescaled, split_steps, use_timer
-from replay_runs import CONF, REPO, replay_env
+from replay_runs import REPO, config, replay_env
 from testbed import blas
 from testbed.model.config import named_config
 from testbed.plan import StepPlan, StepResult
@@ -27,9 +25,7 @@ TINY = ("model=qwen2-tiny", "calibration=tiny", "engine.kv_memory_gb=0.01",
 
 
 def calibrate_config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("calibrate", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return config(*overrides, name="calibrate")
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,13 @@ def prefixed_rows(n: int, rate: float, seed: int, groups: int = 3, shared: int =
     return rows
 
 
+def assert_each_finished_once(rows, reqs) -> None:
+    """Every request has exactly one row, finished with all its output tokens."""
+    assert sorted(rows["request_id"]) == sorted(r.request_id for r in reqs)
+    assert (rows["status"] == "finished").all()
+    assert (rows["n_output_tokens"] == rows["output_len"]).all()
+
+
 @pytest.mark.parametrize("router", ROUTERS)
 def test_every_request_ends_exactly_once(tmp_path, router):
     cfg = cluster_config(*SIM_TINY, f"cluster/router={router}", "cluster.replicas=3",
@@ -44,9 +51,7 @@ def test_every_request_ends_exactly_once(tmp_path, router):
     reqs = requests(prefixed_rows(60, rate=200.0, seed=1))
     data, cluster = run(cfg, reqs, tmp_path)
     rows = data.requests
-    assert sorted(rows["request_id"]) == sorted(r.request_id for r in reqs)
-    assert (rows["status"] == "finished").all()
-    assert (rows["n_output_tokens"] == rows["output_len"]).all()
+    assert_each_finished_once(rows, reqs)
     assert set(rows["replica"]) <= {0, 1, 2}
     # A request's tokens all come from the steps of the replica that served it.
     tokens = data.tokens.merge(rows[["request_id", "replica"]], on="request_id")
@@ -63,9 +68,7 @@ def test_disaggregated_every_request_ends_exactly_once(tmp_path):
     reqs = requests(prefixed_rows(60, rate=200.0, seed=2))
     data, cluster = run(cfg, reqs, tmp_path)
     rows = data.requests
-    assert sorted(rows["request_id"]) == sorted(r.request_id for r in reqs)
-    assert (rows["status"] == "finished").all()
-    assert (rows["n_output_tokens"] == rows["output_len"]).all()
+    assert_each_finished_once(rows, reqs)
     assert len(data.tokens) == rows["output_len"].sum()
 
 

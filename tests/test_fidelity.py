@@ -5,11 +5,9 @@ import math
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from experiments.fidelity import METRICS, compare_runs, run_fidelity, simulated_config
-from replay_runs import CONF
+from replay_runs import config
 from testbed.metrics import SLO
 from testbed.replay.recorder import Recorder, read_run
 from testbed.stack import build_stack
@@ -20,9 +18,7 @@ TINY = ("model=qwen2-tiny", "calibration=tiny", "engine.kv_memory_gb=0.01",
 
 
 def fidelity_config(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose("fidelity", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    return config(*overrides, name="fidelity")
 
 
 @pytest.fixture(scope="module")
