@@ -16,7 +16,10 @@ import functools
 
 import mlx.core as mx
 
-WARPS = 4
+WARPS = 4  # per thread block when the batch has blocks enough to fill the GPU
+MAX_WARPS = 16  # a small batch (one sequence: one block per KV head) splits its context finer
+FILL_BLOCKS = 132  # thread blocks that occupy every SM of an H100/H200 once
+SHARED_BYTES = 45_000  # the merge buffers must fit the 48 KB of static shared memory
 
 _SOURCE = """
     constexpr int E = D / 32;
@@ -104,6 +107,15 @@ def _scalar(value: float) -> mx.array:
     return mx.array([value], dtype=mx.float32)
 
 
+def _warps(blocks: int, group: int, dim: int) -> int:
+    """Warps per block: WARPS once the blocks fill the GPU; for fewer blocks (small batches,
+    which would leave most SMs idle) as many as the merge buffers allow, up to MAX_WARPS."""
+    if blocks >= FILL_BLOCKS:
+        return WARPS
+    fit = SHARED_BYTES // (4 * group * (dim + 2))
+    return max(WARPS, min(MAX_WARPS, 1 << (fit.bit_length() - 1)))
+
+
 def paged_decode_attention(q: mx.array, k_pool: mx.array, v_pool: mx.array,
                            block_tables: mx.array, context_lens: mx.array,
                            scale: float) -> mx.array:
@@ -113,9 +125,10 @@ def paged_decode_attention(q: mx.array, k_pool: mx.array, v_pool: mx.array,
     _, block_size, kv_heads, _ = k_pool.shape
     if dim % 32:
         raise ValueError(f"paged decode kernel needs head_dim % 32 == 0, got {dim}")
+    warps = _warps(n * kv_heads, heads // kv_heads, dim)
     return _kernel()(
         inputs=[q, k_pool, v_pool, block_tables, context_lens, _scalar(scale)],
         template=[("T", q.dtype), ("G", heads // kv_heads), ("D", dim), ("KV", kv_heads),
-                  ("BS", block_size), ("NW", WARPS)],
-        grid=(n * kv_heads * WARPS * 32, 1, 1), threadgroup=(WARPS * 32, 1, 1),
+                  ("BS", block_size), ("NW", warps)],
+        grid=(n * kv_heads * warps * 32, 1, 1), threadgroup=(warps * 32, 1, 1),
         output_shapes=[q.shape], output_dtypes=[q.dtype])[0]

@@ -73,9 +73,10 @@ class BatchLayout:
                   for start, n, ctx, table in prefills if ctx != n]
         parts = [(0, len(decode_tables))] + [c for g in fresh for c in g.chunks] + \
             [(c.start, c.length) for c in chunks]
-        order = np.concatenate([np.arange(start, start + n) for start, n in parts])
+        order = np.concatenate([np.arange(start, start + n) for start, n in parts]) \
+            if prefills else None  # decodes only: already in batch order
         inverse = None
-        if not np.array_equal(order, np.arange(len(order))):
+        if order is not None and not np.array_equal(order, np.arange(len(order))):
             inverse = np.empty(len(order), dtype=np.int32)
             inverse[order] = np.arange(len(order), dtype=np.int32)
             inverse = mx.array(inverse)
@@ -92,10 +93,9 @@ def pad_tables(tables: list[np.ndarray], rows: int | None = None, fill: int = 0)
     """Block tables as one int32 array, width rounded up to TABLE_BUCKET (fewer distinct
     shapes: fewer kernel compilations), extra rows and columns filled with `fill`."""
     width = -(-max(len(t) for t in tables) // TABLE_BUCKET) * TABLE_BUCKET
-    out = np.full((rows or len(tables), width), fill, dtype=np.int32)
-    for i, t in enumerate(tables):
-        out[i, :len(t)] = t
-    return out
+    padded = [list(t) + [fill] * (width - len(t)) for t in tables]
+    padded += [[fill] * width] * ((rows or len(tables)) - len(tables))
+    return np.array(padded, dtype=np.int32).reshape(-1, width)
 
 
 def _fresh_groups(fresh: list[tuple[int, int]]) -> list[FreshGroup]:

@@ -58,7 +58,10 @@ def rope(x: mx.array, positions: mx.array, theta: float, kernels: Kernels = "fas
 
     x: [T, heads, head_dim]; positions: [T] int, each token's position in its sequence.
     """
-    if kernels == "fast":
+    # MLX's CUDA rope lays a launch over (head_dim / 2, 1, tokens * heads / 4) threads; below
+    # head_dim 32 its thread block gets a z size over CUDA's limit of 64 and the launch fails
+    # ("invalid argument") once a step has enough tokens, so small heads take the reference.
+    if kernels == "fast" and not (x.shape[-1] < 32 and mx.default_device() == mx.gpu):
         # mx.fast.rope ropes axis -2 from `offset`; with that axis of length 1 and one offset
         # per leading row, every token is roped at its own position.
         out = mx.fast.rope(x[:, :, None, :], x.shape[-1], traditional=False, base=theta,

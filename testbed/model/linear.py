@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from testbed.model import cuda_matmul
 from testbed.model.kernels import Kernels
 
 QUANT_BITS = (4, 8)
@@ -22,12 +23,17 @@ class Linear:
     bias: mx.array | None = None
     kernels: Kernels = "fast"
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, out_dtype: mx.Dtype | None = None) -> mx.array:
+        """x @ weight.T (+ bias), in `out_dtype` if given (the float32 logits)."""
+        if self.kernels == "fast" and cuda_matmul.supports(x, self.weight):
+            return cuda_matmul.small_matmul(x, self.weight, self.bias, out_dtype)
         if self.bias is None:
-            return x @ self.weight.T
-        if self.kernels == "fast":
-            return mx.addmm(self.bias, x, self.weight.T)
-        return x @ self.weight.T + self.bias
+            y = x @ self.weight.T
+        elif self.kernels == "fast" and not cuda_matmul.single_row(x):
+            y = mx.addmm(self.bias, x, self.weight.T)
+        else:
+            y = x @ self.weight.T + self.bias
+        return y if out_dtype is None else y.astype(out_dtype)
 
     def rows(self, ids: mx.array) -> mx.array:
         """Weight rows `ids` ([T] -> [T, in]): the embedding lookup."""
@@ -66,13 +72,14 @@ class QuantizedLinear:
         return mx.dequantize(self.packed, self.scales, self.offsets,
                              group_size=self.group_size, bits=self.bits)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, out_dtype: mx.Dtype | None = None) -> mx.array:
         if self.kernels == "fast":
             y = mx.quantized_matmul(x, self.packed, self.scales, self.offsets, transpose=True,
                                     group_size=self.group_size, bits=self.bits)
         else:
             y = x @ self.dequantized().T
-        return y if self.bias is None else y + self.bias
+        y = y if self.bias is None else y + self.bias
+        return y if out_dtype is None else y.astype(out_dtype)
 
     def rows(self, ids: mx.array) -> mx.array:
         """Dequantized weight rows `ids` ([T] -> [T, in]): the embedding lookup."""

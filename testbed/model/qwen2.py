@@ -173,7 +173,7 @@ class Qwen2Model:
             h, x = add_rms_norm(m, h, next_norm, cfg.rms_norm_eps, k)
         if logits_indices is not None:
             x = x[logits_indices]
-        return self.lm_head(x).astype(mx.float32)
+        return self.lm_head(x, out_dtype=mx.float32)
 
     def _self_attention(self, index: int, layer: DecoderLayer, x: mx.array,
                         positions: mx.array, attention: AttentionFn) -> mx.array:
