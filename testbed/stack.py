@@ -113,7 +113,12 @@ def _mlx_executor(cfg: Mapping):
              "quant_bits": e.get("quant_bits"), "device": str(mx.default_device()),
              "blas": blas.status(), "weights_bytes": model.nbytes, "kv_pool_bytes": pool.nbytes,
              "_tokenizer": loaded.tokenizer, "_eos": tuple(loaded.eos_token_ids)}
-    return MLXExecutor(model, pool, sample_sequences), loaded.config, num_blocks, num_host, extra
+    compile_decode = e.get("compile_decode", "auto")
+    if compile_decode not in ("auto", True, False):
+        raise ValueError(f"engine.compile_decode={compile_decode!r}: choose auto, true or false")
+    executor = MLXExecutor(model, pool, sample_sequences,
+                           None if compile_decode == "auto" else compile_decode)
+    return executor, loaded.config, num_blocks, num_host, extra
 
 
 def _sim_executor(cfg: Mapping):

@@ -144,8 +144,9 @@ def test_a_killed_run_leaves_readable_tables(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", WRITER, *args], cwd=REPO, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        steps_dir = tmp_path / "steps.parquet"
-        while not (steps_dir.is_dir() and len(list(steps_dir.glob("part-*"))) >= 3):
+        tables = [tmp_path / f"{name}.parquet" for name in ("steps", "requests", "tokens")]
+        # Each flush writes the tables one after another: wait until all three have 3 parts.
+        while not all(t.is_dir() and len(list(t.glob("part-*"))) >= 3 for t in tables):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the writer wrote no parts"
             time.sleep(0.02)

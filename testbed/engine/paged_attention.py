@@ -23,7 +23,7 @@ import numpy as np
 from testbed.engine import cuda_paged_attention
 from testbed.engine.kv_pool import PagedKVPool
 
-TABLE_BUCKET = 8  # decode block tables are padded to a multiple of this many blocks
+TABLE_BUCKET = 8  # the compiled decode step pads block tables to a multiple of this many blocks
 PAD_SLACK = 1.5  # batch fresh prefills while padded tokens <= slack * real tokens
 
 
@@ -66,7 +66,7 @@ class BatchLayout:
         `fused`: decode with the CUDA kernel (see `cuda_paged_attention.supports`)."""
         tables = lens = None
         if decode_tables:
-            tables = mx.array(pad_tables(decode_tables))
+            tables = mx.array(pad_tables(decode_tables, bucket=1))  # no padded keys to attend
             lens = mx.array(np.asarray(decode_lens, dtype=np.int32))
         fresh = _fresh_groups([(start, n) for start, n, ctx, _ in prefills if ctx == n])
         chunks = [ContextChunk(start, n, ctx, mx.array(table.astype(np.int32)))
@@ -89,10 +89,11 @@ class BatchLayout:
         return cls(slots, slots.shape[0], tables, lens, [], [], fused, None)
 
 
-def pad_tables(tables: list[np.ndarray], rows: int | None = None, fill: int = 0) -> np.ndarray:
-    """Block tables as one int32 array, width rounded up to TABLE_BUCKET (fewer distinct
-    shapes: fewer kernel compilations), extra rows and columns filled with `fill`."""
-    width = -(-max(len(t) for t in tables) // TABLE_BUCKET) * TABLE_BUCKET
+def pad_tables(tables: list[np.ndarray], rows: int | None = None, fill: int = 0,
+               bucket: int = TABLE_BUCKET) -> np.ndarray:
+    """Block tables as one int32 array, width rounded up to a multiple of `bucket` (for a
+    compiled step: fewer distinct shapes, fewer traces), extra rows and columns `fill`."""
+    width = -(-max(len(t) for t in tables) // bucket) * bucket
     padded = [list(t) + [fill] * (width - len(t)) for t in tables]
     padded += [[fill] * width] * ((rows or len(tables)) - len(tables))
     return np.array(padded, dtype=np.int32).reshape(-1, width)
@@ -124,6 +125,7 @@ class PagedAttention:
 
     def __init__(self, pool: PagedKVPool, layout: BatchLayout, attend, scale: float):
         self.pool, self.layout, self.attend, self.scale = pool, layout, attend, scale
+        self._decode_mask = None  # the same for every layer: built once per step
 
     def __call__(self, layer: int, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
         lay = self.layout
@@ -144,8 +146,10 @@ class PagedAttention:
             return cuda_paged_attention.paged_decode_attention(
                 q, k_pool, v_pool, lay.decode_tables, lay.decode_lens, self.scale)
         keys, values = _gather(k_pool, lay.decode_tables), _gather(v_pool, lay.decode_tables)
-        mask = mx.arange(keys.shape[2])[None, :] < lay.decode_lens[:, None]
-        out = self.attend(q[:, :, None, :], keys, values, mask[:, None, None, :], self.scale)
+        if self._decode_mask is None:
+            mask = mx.arange(keys.shape[2])[None, :] < lay.decode_lens[:, None]
+            self._decode_mask = mask[:, None, None, :]
+        out = self.attend(q[:, :, None, :], keys, values, self._decode_mask, self.scale)
         return out[:, :, 0, :]
 
     def _fresh(self, group: FreshGroup, q, k, v):
