@@ -53,6 +53,27 @@ class KVManager(Protocol):
     def num_free_host_blocks(self) -> int: ...
 
 
+class BlockCounts:
+    """The pool counts of the KVManager protocol, for managers that track their used device
+    blocks in `_num_used` and their swap space in a `HostPool` `_host`."""
+
+    num_blocks: int
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self._num_used
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks a new allocation can get: never handed out, or (in a caching manager)
+        cached but unused, hence evictable."""
+        return self.num_blocks - self._num_used
+
+    @property
+    def num_free_host_blocks(self) -> int:
+        return self._host.num_free
+
+
 @dataclass(slots=True)
 class KVStats:
     """Counters since the manager was built. Hits count prompt tokens at a sequence's first

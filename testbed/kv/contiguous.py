@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import bisect
 
-from testbed.kv.base import KVStats, cdiv, check_pool_sizes, too_big_reason
+from testbed.kv.base import BlockCounts, KVStats, cdiv, check_pool_sizes, too_big_reason
 from testbed.kv.host import HostPool
 from testbed.request import Sequence
 
@@ -23,7 +23,7 @@ from testbed.request import Sequence
 RESERVATIONS = ("exact", "pow2", "max")
 
 
-class ContiguousKVManager:
+class ContiguousKVManager(BlockCounts):
     def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0,
                  reservation: str = "exact", max_model_len: int | None = None):
         check_pool_sizes(num_blocks, block_size, num_host_blocks)
@@ -42,18 +42,6 @@ class ContiguousKVManager:
         self._num_used = 0
         self._host = HostPool(num_host_blocks)
         self.stats = KVStats()
-
-    @property
-    def num_used_blocks(self) -> int:
-        return self._num_used
-
-    @property
-    def num_free_blocks(self) -> int:
-        return self.num_blocks - self._num_used
-
-    @property
-    def num_free_host_blocks(self) -> int:
-        return self._host.num_free
 
     @property
     def largest_free_run(self) -> int:

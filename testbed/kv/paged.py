@@ -9,14 +9,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from itertools import accumulate
 
-from testbed.kv.base import KVStats, cdiv, check_pool_sizes, too_big_reason
+from testbed.kv.base import BlockCounts, KVStats, cdiv, check_pool_sizes, too_big_reason
 from testbed.kv.block import Block
 from testbed.kv.decode import advance_decodes_stepwise, fill_steps, new_block_steps
 from testbed.kv.host import HostPool
 from testbed.request import Sequence
 
 
-class PagedKVManager:
+class PagedKVManager(BlockCounts):
     def __init__(self, num_blocks: int, block_size: int = 16, num_host_blocks: int = 0):
         check_pool_sizes(num_blocks, block_size, num_host_blocks)
         self.num_blocks = num_blocks
@@ -28,19 +28,6 @@ class PagedKVManager:
         self._num_used = 0
         self._tick = 0  # logical clock for eviction order
         self.stats = KVStats()
-
-    @property
-    def num_used_blocks(self) -> int:
-        return self._num_used
-
-    @property
-    def num_free_blocks(self) -> int:
-        """Blocks a new allocation can get: never handed out, or cached but unused (evictable)."""
-        return self.num_blocks - self._num_used
-
-    @property
-    def num_free_host_blocks(self) -> int:
-        return self._host.num_free
 
     def can_ever_fit(self, seq: Sequence) -> str | None:
         return too_big_reason(seq, cdiv(seq.max_tokens, self.block_size), self.num_blocks,
