@@ -13,6 +13,7 @@ import json
 import logging
 import select
 import socket
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,6 +43,12 @@ class OpenAIHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: Server):
         self.app = app
         super().__init__(address, OpenAIHandler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that hangs up between requests is routine, not a traceback on stderr."""
+        if isinstance(sys.exc_info()[1], DISCONNECTS):
+            return
+        super().handle_error(request, client_address)
 
 
 class OpenAIHandler(BaseHTTPRequestHandler):
