@@ -6,14 +6,40 @@ tokens whose KV a full block stores (a block's KV depends on every token before 
 identity is the whole prefix up to the block's end), or a marker for a partly written block.
 Identities come from the request data directly (`position_ids`), independently of the KV
 managers' own content keys, so tests can compare the managers' claims against them.
+`draw_prompt` draws the prompts (shared prefixes, token ids or block hashes) of the property
+tests' workloads.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hypothesis import strategies as st
+
 from testbed.plan import StepPlan, StepResult
 from testbed.request import Sequence
+
+DOCS = [[100 + 50 * d + t for t in range(64)] for d in range(3)]  # shared token streams
+DOC_HASHES = [[10_000 * (d + 1) + q for q in range(64)] for d in range(3)]
+
+
+def draw_prompt(draw, i: int, kind: str, hash_block: int, trim_hashes: bool = False):
+    """(prompt_len, token ids, block hashes) of request `i`'s prompt: a drawn prefix of one of
+    three shared documents, then tokens of its own. `kind` "tokens" gives token ids,
+    "hashes" block hashes of `hash_block` tokens (with `trim_hashes` maybe one short of the
+    prompt, as a trace's last partial block may lack one), "none" neither."""
+    prompt_len = draw(st.integers(1, 40))
+    shared = draw(st.integers(0, prompt_len))
+    doc = draw(st.integers(0, 2))
+    tokens = hashes = None
+    if kind == "tokens":
+        tokens = DOCS[doc][:shared] + [5000 + 100 * i + t for t in range(prompt_len - shared)]
+    elif kind == "hashes":
+        num_hashes = -(-prompt_len // hash_block)
+        own = [1_000_000 + 1000 * i + q for q in range(num_hashes)]
+        k = shared // hash_block
+        hashes = (DOC_HASHES[doc][:k] + own[k:])[:num_hashes - (draw(st.integers(0, 1)) if trim_hashes else 0)]
+    return prompt_len, tokens, hashes
 
 
 def position_ids(seq: Sequence) -> list:

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import pandas as pd
 from hypothesis import strategies as st
 
+from fakes import draw_prompt
+
 from testbed.engine.engine import Engine
 from testbed.kv import make_kv_manager
 from testbed.model.config import named_config
@@ -100,22 +102,12 @@ def assert_same_tables(a: list[dict], b: list[dict]) -> None:
 def workloads(draw) -> Workload:
     B = draw(st.sampled_from([2, 4, 8]))
     mode = draw(st.sampled_from(["tokens", "hashes", "none", "mixed"]))
-    docs = [[100 + 50 * d + t for t in range(64)] for d in range(3)]  # shared token streams
-    doc_hashes = [[10_000 * (d + 1) + q for q in range(64)] for d in range(3)]
     n = draw(st.integers(1, 14))
     arrivals = sorted(draw(st.lists(st.integers(0, 80), min_size=n, max_size=n)))
     requests = []
     for i, arrival in enumerate(arrivals):
-        prompt_len = draw(st.integers(1, 40))
-        shared = draw(st.integers(0, prompt_len))
-        doc = draw(st.integers(0, 2))
         kind = mode if mode != "mixed" else draw(st.sampled_from(["tokens", "hashes", "none"]))
-        tokens = hashes = None
-        if kind == "tokens":
-            tokens = docs[doc][:shared] + [5000 + 100 * i + t for t in range(prompt_len - shared)]
-        elif kind == "hashes":
-            own = [1_000_000 + 1000 * i + q for q in range(-(-prompt_len // B))]
-            hashes = doc_hashes[doc][:shared // B] + own[shared // B:]
+        prompt_len, tokens, hashes = draw_prompt(draw, i, kind, B)
         if requests and draw(st.integers(0, 3)) == 0:  # the same prompt as an earlier request
             same = requests[draw(st.integers(0, len(requests) - 1))]
             prompt_len, tokens, hashes = same.prompt_len, same.prompt_token_ids, same.block_hashes

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakes import FakeExecutor, block_identity, shared_tokens, unique_tokens
+from fakes import FakeExecutor, block_identity, draw_prompt, shared_tokens, unique_tokens
 from testbed.kv import CachingKVManager, make_kv_manager
 from testbed.plan import StepResult
 from testbed.request import Request, SamplingParams, Sequence, SeqStatus
@@ -47,24 +47,12 @@ def workloads(draw) -> Workload:
     B = draw(st.sampled_from([2, 4, 8]))
     mode = draw(st.sampled_from(["tokens", "hashes", "none", "mixed"]))
     h = draw(st.sampled_from(sorted({max(1, B // 2), B, 2 * B})))
-    docs = [[100 + 50 * d + t for t in range(64)] for d in range(3)]  # shared token streams
-    doc_hashes = [[10_000 * (d + 1) + q for q in range(64)] for d in range(3)]
     n = draw(st.integers(1, 12))
     arrivals = sorted(draw(st.lists(st.integers(0, 10), min_size=n, max_size=n)))
     requests = []
     for i, arrival in enumerate(arrivals):
-        prompt_len = draw(st.integers(1, 40))
-        doc = draw(st.integers(0, 2))
-        shared = draw(st.integers(0, prompt_len))
         kind = mode if mode != "mixed" else draw(st.sampled_from(["tokens", "hashes", "none"]))
-        tokens = hashes = None
-        if kind == "tokens":
-            tokens = docs[doc][:shared] + [5000 + 100 * i + t for t in range(prompt_len - shared)]
-        elif kind == "hashes":
-            num_hashes = -(-prompt_len // h)
-            own = [1_000_000 + 1000 * i + q for q in range(num_hashes)]
-            k = shared // h
-            hashes = (doc_hashes[doc][:k] + own[k:])[:num_hashes - draw(st.integers(0, 1))]
+        prompt_len, tokens, hashes = draw_prompt(draw, i, kind, h, trim_hashes=True)
         if requests and draw(st.integers(0, 3)) == 0:  # the same prompt as an earlier request
             same = requests[draw(st.integers(0, len(requests) - 1))]
             prompt_len, tokens, hashes = same.prompt_len, same.prompt_token_ids, same.block_hashes
