@@ -50,6 +50,38 @@ class StalledError(RuntimeError):
     """The scheduler can make no progress and nothing else will arrive."""
 
 
+LIVELOCK_STEPS = 10_000  # steps in a row without new work that end a run as a livelock
+
+
+class LivelockWatch:
+    """Tells a livelock from slow progress: steps go on, but no sequence ever computes a
+    position it had not computed before and no request ends -- as when recompute preemption
+    keeps undoing the same prefills (say, two sequences that each need the whole pool,
+    trading it every few steps)."""
+
+    def __init__(self, patience: int = LIVELOCK_STEPS):
+        self.patience = patience
+        self.furthest: dict[int, int] = {}  # seq_id -> most tokens it has had computed
+        self.steps_without_news = 0
+
+    def stalled(self, scheduled, ended: list[Sequence]) -> bool:
+        """After a step: True once `patience` steps in a row brought nothing new."""
+        news = bool(ended)
+        for item in scheduled:
+            seq = item.seq
+            if seq.num_computed_tokens > self.furthest.get(seq.seq_id, 0):
+                self.furthest[seq.seq_id] = seq.num_computed_tokens
+                news = True
+        for seq in ended:
+            self.furthest.pop(seq.seq_id, None)
+        self.steps_without_news = 0 if news else self.steps_without_news + 1
+        return self.steps_without_news >= self.patience
+
+    def progressed(self) -> None:
+        """A run of decode steps: every one computed new tokens."""
+        self.steps_without_news = 0
+
+
 def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = None, *,
            slo: SLO | None = None, progress: bool = False, max_steps: int | None = None
            ) -> ReplayCounts:
@@ -57,6 +89,7 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
     counts = ReplayCounts(requests=len(pending))
     clock, sched = engine.clock, engine.scheduler
     bar = Progress(counts, clock) if progress else None
+    watch = LivelockWatch()
     t0 = time.perf_counter()
     while pending or engine.has_unfinished:
         while pending and pending[0].arrival_s <= clock.now:
@@ -71,6 +104,7 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
             if recorder is not None:
                 recorder.step_batch(step_columns(run), run.num_steps)
             finished = run.finished
+            watch.progressed()
         else:
             out = engine.step()
             counts.steps += 1
@@ -90,6 +124,12 @@ def replay(requests: list[Request], engine: Engine, recorder: Recorder | None = 
                     f"{sched.num_waiting} waiting, {sched.num_running} running, "
                     f"{sched.num_swapped} swapped and nothing left to arrive")
             clock.wait_until(pending[0].arrival_s)
+        if run is None and watch.stalled(out.plan.scheduled, finished):
+            raise StalledError(
+                f"livelock: {watch.patience} steps in a row computed nothing new and ended no "
+                f"request ({counts.requests - _ended(counts)} requests unfinished; "
+                f"{type(sched).__name__} keeps preempting and recomputing the same work); "
+                f"try preemption=swap, a larger KV pool or another scheduler")
         if bar is not None:
             bar.update()
         if max_steps is not None and counts.steps >= max_steps:
