@@ -17,11 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import testbed  # noqa: E402,F401  (fast BLAS before mlx)
-import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.peers import mlx_lm_model  # noqa: E402
-from benchmarks.throughput import RESULTS, device_name  # noqa: E402
+from benchmarks.throughput import RESULTS, device_kind, device_name  # noqa: E402
 from testbed.engine.engine import Engine  # noqa: E402
 from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
 from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402
@@ -102,8 +101,8 @@ def main() -> None:
                      "ours_ms_per_step": [round(a * 1e3, 3) for a, _ in pairs],
                      "mlx_lm_ms_per_step": [round(b * 1e3, 3) for _, b in pairs],
                      "ratio_vs_mlx_lm": round(float(np.median(ratios)), 3), "device": device})
-    kind = "gpu" if mx.default_device() == mx.gpu else "cpu"
-    out = RESULTS / f"decode_step_{args.model}_{args.dtype}_{kind}_compile-{args.compile_decode}.json"
+    out = RESULTS / (f"decode_step_{args.model}_{args.dtype}_{device_kind()}"
+                     f"_compile-{args.compile_decode}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {out}")

@@ -32,7 +32,7 @@ def main() -> None:
                                  "--engines", args.engines,
                                  "--out", str(Path(args.out).with_suffix(f".{model}.json"))])
     Path(args.out).write_text(json.dumps(rows, indent=1))
-    print(f"\n| model | batch | engine | tok/s | ours / engine |\n|---|---|---|---|---|")
+    print("\n| model | batch | engine | tok/s | ours / engine |\n|---|---|---|---|---|")
     ours = {(r["model"], r["batch"]): r["tok_per_s"] for r in rows if r["engine"] == "ours"}
     for r in rows:
         ratio = ours[(r["model"], r["batch"])] / r["tok_per_s"]

@@ -14,10 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import testbed  # noqa: E402,F401
-import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.throughput import RESULTS, device_name  # noqa: E402
+from benchmarks.throughput import RESULTS, device_kind, device_name  # noqa: E402
 from testbed.engine.engine import Engine  # noqa: E402
 from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
 from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402
@@ -98,7 +97,7 @@ def main() -> None:
              "output_tokens": total, "tok_per_s": round(v, 1), "device": device_name(),
              **({"ratio_vs_mlx_lm": round(results["ours"] / results["mlx-lm"], 3)}
                 if k == "ours" and "mlx-lm" in results else {})} for k, v in results.items()]
-    out = RESULTS / f"offline_{args.model}_{args.dtype}_{'gpu' if mx.default_device() == mx.gpu else 'cpu'}.json"
+    out = RESULTS / f"offline_{args.model}_{args.dtype}_{device_kind()}.json"
     out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {out}")
 

@@ -13,10 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import testbed  # noqa: E402,F401
-import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.throughput import ours_runner  # noqa: E402,F401
 from testbed.engine.engine import Engine  # noqa: E402
 from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
 from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402

@@ -58,6 +58,11 @@ def ours_runner(model: Qwen2Model, block_size: int = 16, **sched):
     return run
 
 
+def device_kind() -> str:
+    """"gpu" or "cpu": the suffix of a result file's name."""
+    return "gpu" if mx.default_device() == mx.gpu else "cpu"
+
+
 def device_name() -> str:
     dev = mx.default_device()
     if dev == mx.gpu:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               + "".join(f" | ours/{p} {tok_s['ours'] / v:.2f}x" for p, v in tok_s.items()
                         if p != "ours" and "ours" in tok_s), flush=True)
     out = Path(args.out) if args.out else RESULTS / (
-        f"throughput_{args.model}_{args.dtype}_{'gpu' if mx.default_device() == mx.gpu else 'cpu'}.json")
+        f"throughput_{args.model}_{args.dtype}_{device_kind()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1))
     print(f"wrote {out}")

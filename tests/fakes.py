@@ -38,7 +38,8 @@ def draw_prompt(draw, i: int, kind: str, hash_block: int, trim_hashes: bool = Fa
         num_hashes = -(-prompt_len // hash_block)
         own = [1_000_000 + 1000 * i + q for q in range(num_hashes)]
         k = shared // hash_block
-        hashes = (DOC_HASHES[doc][:k] + own[k:])[:num_hashes - (draw(st.integers(0, 1)) if trim_hashes else 0)]
+        missing = draw(st.integers(0, 1)) if trim_hashes else 0
+        hashes = (DOC_HASHES[doc][:k] + own[k:])[:num_hashes - missing]
     return prompt_len, tokens, hashes
 
 

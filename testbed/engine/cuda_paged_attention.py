@@ -16,6 +16,8 @@ import functools
 
 import mlx.core as mx
 
+from testbed.model.cuda_matmul import available  # the one CUDA check
+
 WARPS = 4  # per thread block when the batch has blocks enough to fill the GPU
 MAX_WARPS = 16  # a small batch (one sequence: one block per KV head) splits its context finer
 FILL_BLOCKS = 132  # thread blocks that occupy every SM of an H100/H200 once
@@ -81,12 +83,6 @@ _SOURCE = """
         out[((size_t)n * KV * G + g * G + h) * D + d] = static_cast<T>(value / total);
     }
 """
-
-
-def available() -> bool:
-    """True on an NVIDIA GPU running MLX's CUDA backend."""
-    cuda = getattr(mx, "cuda", None)
-    return mx.default_device() == mx.gpu and cuda is not None and cuda.is_available()
 
 
 def supports(head_dim: int) -> bool:

@@ -33,6 +33,20 @@ from testbed.request import PENDING_TOKEN
 
 
 @dataclass(slots=True)
+class StepRows:
+    """A step's flattened batch on the host: decode rows first, then prefill chunks."""
+
+    tokens: np.ndarray  # [T] int32 (PENDING_TOKEN where the previous step's token goes)
+    positions: np.ndarray  # [T] int32
+    slots: np.ndarray  # [T] int64: pool slot of each new token
+    decode_tables: list  # per decode row, its block table up to its new token
+    decode_lens: list[int]  # per decode row, keys it attends to
+    prefills: list[tuple[int, int, int, np.ndarray]]  # (first row, length, context, table)
+    samplers: list[tuple[int, ScheduledSeq]]  # (row, scheduled sequence) of each sample
+    pending: list[tuple[int, int]]  # (row, row of the previous step's sampled tokens)
+
+
+@dataclass(slots=True)
 class Launched:
     sampled: mx.array | None  # [n] int32 token ids being computed; None if none samples
     seq_ids: list[int]  # the sequence of each row
@@ -62,21 +76,24 @@ class MLXExecutor:
         self.pool.swap_in(plan.swap_in)
         # Decodes first, then prefill chunks: decodes attend in one batched call.
         order = sorted(plan.scheduled, key=lambda s: s.num_new_tokens > 1)
-        tokens, positions, layout, samplers, pending = self._layout(order)
-        token_ids = mx.array(tokens)
-        if pending:  # previous step's tokens, still on the device
-            rows, prev_rows = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*pending))
-            token_ids[rows] = self._last.sampled[prev_rows]
+        rows = self._rows(order)
+        samplers = rows.samplers
+        token_ids = mx.array(rows.tokens)
+        if rows.pending:  # previous step's tokens, still on the device
+            at, prev = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*rows.pending))
+            token_ids[at] = self._last.sampled[prev]
         sample_rows = mx.array(np.asarray([r for r, _ in samplers], dtype=np.int32))
         sampled = None
-        if self._decode_step is not None and order and layout.num_decodes == len(order):
-            logits = self._compiled_decodes(token_ids, positions, order)
+        if self._decode_step is not None and order and len(rows.decode_lens) == len(order):
+            logits = self._compiled_decodes(token_ids, rows)
             if samplers:  # a one-token chunk inside a prompt computes but does not sample
                 logits = logits if len(samplers) == len(order) else logits[sample_rows]
                 sampled = self.sampler([s.seq for _, s in samplers], logits)
         elif order:
+            layout = BatchLayout.build(rows.slots, rows.decode_tables, rows.decode_lens,
+                                       rows.prefills, self.fused_decode)
             attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
-            logits = self.model(token_ids, mx.array(positions), attention,
+            logits = self.model(token_ids, mx.array(rows.positions), attention,
                                 logits_indices=sample_rows)
             if samplers:
                 sampled = self.sampler([s.seq for _, s in samplers], logits)
@@ -100,22 +117,20 @@ class MLXExecutor:
                           host_seconds=launched.host_seconds,
                           device_seconds=t_end - launched.t_start - launched.host_seconds)
 
-    def _compiled_decodes(self, token_ids: mx.array, positions: np.ndarray,
-                          order: list[ScheduledSeq]) -> mx.array:
-        """Logits of a decodes-only step through the compiled function, batch padded."""
-        n, bs = len(order), self.block_size
-        rows = _bucket(n)
+    def _compiled_decodes(self, token_ids: mx.array, rows: StepRows) -> mx.array:
+        """Logits of a decodes-only step through the compiled function, batch padded: the
+        padding rows decode one token at position 0 into the scratch block."""
+        n, padded = len(rows.decode_lens), _bucket(len(rows.decode_lens))
         scratch = self.pool.scratch_block
-        tables = pad_tables([s.seq.block_table[:-(-(s.seq.num_tokens) // bs)] for s in order]
-                            + [[scratch]] * (rows - n))
-        lens = np.ones(rows, dtype=np.int32)
-        lens[:n] = positions + 1
-        pos = np.zeros(rows, dtype=np.int32)
-        pos[:n] = positions
-        slots = np.full(rows, scratch * bs, dtype=np.int32)
-        slots[:n] = tables[np.arange(n), positions // bs] * bs + positions % bs
-        tokens = mx.concatenate([token_ids, mx.zeros((rows - n,), dtype=mx.int32)]) \
-            if rows > n else token_ids
+        tables = pad_tables(rows.decode_tables + [[scratch]] * (padded - n))
+        lens = np.ones(padded, dtype=np.int32)
+        lens[:n] = rows.decode_lens
+        pos = np.zeros(padded, dtype=np.int32)
+        pos[:n] = rows.positions
+        slots = np.full(padded, scratch * self.block_size, dtype=np.int32)
+        slots[:n] = rows.slots
+        tokens = mx.concatenate([token_ids, mx.zeros((padded - n,), dtype=mx.int32)]) \
+            if padded > n else token_ids
         layers = len(self.pool.k)
         out = self._decode_step(tokens, mx.array(pos), mx.array(slots), mx.array(tables),
                                 mx.array(lens), *self.pool.k, *self.pool.v)
@@ -130,7 +145,7 @@ class MLXExecutor:
         logits = self.model(tokens, positions, attention)
         return (logits, *traced.k, *traced.v)
 
-    def _layout(self, order: list[ScheduledSeq]):
+    def _rows(self, order: list[ScheduledSeq]) -> StepRows:
         bs = self.block_size
         tokens, positions, slots = [], [], []  # decode rows as ints, then prefill chunks as arrays
         decode_tables, decode_lens, prefills, samplers, pending = [], [], [], [], []
@@ -162,14 +177,11 @@ class MLXExecutor:
             row += n
             if s.samples:
                 samplers.append((row - 1, s))
-        if not order:
-            return np.zeros(0, np.int32), np.zeros(0, np.int32), None, [], []
         nd = len(decode_tables)
         positions = np.concatenate([np.asarray(positions[:nd], dtype=np.int64)] + positions[nd:])
         slots = np.concatenate([np.asarray(slots[:nd], dtype=np.int64)] + slots[nd:])
-        layout = BatchLayout.build(slots, decode_tables, decode_lens, prefills, self.fused_decode)
-        return (np.asarray(tokens, dtype=np.int32), positions.astype(np.int32),
-                layout, samplers, pending)
+        return StepRows(np.asarray(tokens, dtype=np.int32), positions.astype(np.int32), slots,
+                        decode_tables, decode_lens, prefills, samplers, pending)
 
 
 def _token_at(seq, pos: int) -> int:

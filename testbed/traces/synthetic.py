@@ -11,7 +11,7 @@ length distribution leaves the arrival times as they were.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
