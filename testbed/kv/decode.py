@@ -50,7 +50,7 @@ def decode_events(num_blocks: list[int], computed: list[int], remaining: list[in
         for j in new_block_steps(c, b, stop, block_size):
             allocate[j].append(i)
         last = r - 1 if r <= num_steps else num_steps  # its last step's update comes below
-        for j in range(block_size - 1 - c % block_size, last, block_size):  # a block fills up
+        for j in fill_steps(c, last, num_steps, block_size):
             update[j].append(i)
         if r <= num_steps:
             update[r - 1].append(i)
