@@ -7,6 +7,9 @@ pool far smaller than the workload, and prefix caching.
 """
 from __future__ import annotations
 
+import gc
+import weakref
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -132,6 +135,21 @@ def test_overlapped_steps_equal_alone(model, reference, cache, compile_decode):
         assert seq.status.value == "finished", (rid, seq.reason)
         assert seq.output_token_ids == expected[rid], rid
         assert seq.token_times == sorted(seq.token_times) and seq.finish_s == seq.token_times[-1]
+
+
+def test_engines_of_a_model_share_its_compiled_decode_step():
+    """A second engine on the same model reuses the first one's traces (and tokens stay
+    right); the shared step does not keep a dropped model alive."""
+    config = named_config("qwen2-tiny")
+    model = Qwen2Model(config, random_weights(config, seed=1), dtype="float32")
+    first = make_engine(model, compile_decode=True)
+    second = make_engine(model, compile_decode=True)
+    assert first.executor._decode_step is second.executor._decode_step
+    assert make_engine(model, compile_decode=False).executor._decode_step is None
+    gone = weakref.ref(model)
+    del model, first, second
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("overlap", [False, True])

@@ -20,6 +20,7 @@ arithmetic, it is off by default.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass
 
 import mlx.core as mx
@@ -63,7 +64,8 @@ class MLXExecutor:
         self.fused_decode = cuda_paged_attention.supports(model.config.head_dim)
         if compile_decode is None:
             compile_decode = cuda_paged_attention.available()
-        self._decode_step = mx.compile(self._decode_graph) if compile_decode else None
+        self._decode_step = compiled_decode_step(model, self.fused_decode) \
+            if compile_decode else None
         self._last: Launched | None = None  # the latest launch, whose tokens may be PENDING
         self._last_resolved = 0.0
 
@@ -78,10 +80,15 @@ class MLXExecutor:
         order = sorted(plan.scheduled, key=lambda s: s.num_new_tokens > 1)
         rows = self._rows(order)
         samplers = rows.samplers
-        token_ids = mx.array(rows.tokens)
-        if rows.pending:  # previous step's tokens, still on the device
-            at, prev = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*rows.pending))
-            token_ids[at] = self._last.sampled[prev]
+        previous = self._last.sampled if rows.pending else None  # tokens still on the device
+        if previous is not None and previous.shape[0] == len(rows.tokens) and \
+                rows.pending == [(i, i) for i in range(len(rows.tokens))]:
+            token_ids = previous  # steady decoding: the same sequences in the same order
+        else:
+            token_ids = mx.array(rows.tokens)
+            if rows.pending:
+                at, prev = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*rows.pending))
+                token_ids[at] = previous[prev]
         sample_rows = mx.array(np.asarray([r for r, _ in samplers], dtype=np.int32))
         sampled = None
         if self._decode_step is not None and order and len(rows.decode_lens) == len(order):
@@ -137,14 +144,6 @@ class MLXExecutor:
         self.pool.k, self.pool.v = list(out[1:1 + layers]), list(out[1 + layers:])
         return out[0][:n]
 
-    def _decode_graph(self, tokens, positions, slots, tables, lens, *pools):
-        """One decode step as a pure function of its inputs and the pool arrays (compiled)."""
-        traced = LayerPools(list(pools[:len(pools) // 2]), list(pools[len(pools) // 2:]))
-        layout = BatchLayout.decodes(slots, tables, lens, self.fused_decode)
-        attention = PagedAttention(traced, layout, self.model.attend, self.model.scale)
-        logits = self.model(tokens, positions, attention)
-        return (logits, *traced.k, *traced.v)
-
     def _rows(self, order: list[ScheduledSeq]) -> StepRows:
         bs = self.block_size
         tokens, positions, slots = [], [], []  # decode rows as ints, then prefill chunks as arrays
@@ -182,6 +181,28 @@ class MLXExecutor:
         slots = np.concatenate([np.asarray(slots[:nd], dtype=np.int64)] + slots[nd:])
         return StepRows(np.asarray(tokens, dtype=np.int32), positions.astype(np.int32), slots,
                         decode_tables, decode_lens, prefills, samplers, pending)
+
+
+_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_decode_step(model, fused_decode: bool):
+    """The model's decode step as one compiled pure function of its inputs and the pool
+    arrays. Shared by every executor of the model, so its traces (one per batch bucket and
+    table width) outlive an engine: a sweep or a restarted engine does not trace again."""
+    steps = _COMPILED.setdefault(model, {})
+    if fused_decode not in steps:
+        model_ref = weakref.ref(model)  # a strong one would keep the cache's key alive
+
+        def decode_graph(tokens, positions, slots, tables, lens, *pools):
+            model = model_ref()
+            traced = LayerPools(list(pools[:len(pools) // 2]), list(pools[len(pools) // 2:]))
+            layout = BatchLayout.decodes(slots, tables, lens, fused_decode)
+            attention = PagedAttention(traced, layout, model.attend, model.scale)
+            logits = model(tokens, positions, attention)
+            return (logits, *traced.k, *traced.v)
+        steps[fused_decode] = mx.compile(decode_graph)
+    return steps[fused_decode]
 
 
 def _token_at(seq, pos: int) -> int:

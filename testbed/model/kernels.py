@@ -13,7 +13,7 @@ from typing import Literal
 
 import mlx.core as mx
 
-from testbed.model import cuda_matmul
+from testbed.model import cuda_matmul, cuda_norm
 
 Kernels = Literal["reference", "fast"]
 KERNELS: tuple[str, ...] = ("reference", "fast")
@@ -47,6 +47,8 @@ def _compiled_add_rms_norm(eps: float):
 def add_rms_norm(x: mx.array, residual: mx.array, weight: mx.array, eps: float,
                  kernels: Kernels = "fast") -> tuple[mx.array, mx.array]:
     """Residual add followed by RMSNorm: returns (x + residual, rms_norm(x + residual))."""
+    if kernels == "fast" and cuda_norm.supports(x):
+        return cuda_norm.add_rms_norm(x, residual, weight, eps)
     if kernels == "fast":
         return _compiled_add_rms_norm(float(eps))(x, residual, weight)
     h = x + residual
