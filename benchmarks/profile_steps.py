@@ -2,7 +2,12 @@
 per step kind, for one batch of equal prompts.
 
     python benchmarks/profile_steps.py --model qwen2-0.5b --dtype bfloat16 --batch 64 \
-        --prompt-len 512 --gen-len 64
+        --prompt-len 512 --gen-len 64 [--kernel-table 16] [--small-matmul-rows 64]
+
+`--kernel-table N` (NVIDIA GPU, needs torch) records the last N decode steps with CUPTI
+through `torch.profiler`, which sees MLX's kernels as well, and prints each kernel's device
+time and launches per step. `--small-matmul-rows` moves the row limit under which
+projections take our tensor-core kernel instead of cuBLAS (`cuda_matmul.MAX_ROWS`).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from testbed.engine.engine import Engine  # noqa: E402
 from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
 from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402
 from testbed.kv import make_kv_manager  # noqa: E402
+from testbed.model import cuda_matmul  # noqa: E402
 from testbed.model.qwen2 import Qwen2Model  # noqa: E402
 from testbed.model.sampling import sample_sequences  # noqa: E402
 from testbed.request import Request, SamplingParams  # noqa: E402
@@ -35,7 +41,12 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--gen-len", type=int, default=64)
     ap.add_argument("--overlap", action="store_true")
+    ap.add_argument("--kernel-table", type=int, default=0, metavar="N",
+                    help="per-kernel device time over the last N decode steps (CUPTI)")
+    ap.add_argument("--small-matmul-rows", type=int, default=None)
     args = ap.parse_args()
+    if args.small_matmul_rows is not None:
+        cuda_matmul.MAX_ROWS = args.small_matmul_rows
     loaded = load_model(f"dummy:{args.model}", dtype=args.dtype)
     model = Qwen2Model(loaded.config, loaded.weights, dtype=args.dtype, kernels=args.kernels)
     bs = 16
@@ -51,8 +62,12 @@ def main() -> None:
         engine.add_request(Request(str(i), 0.0, len(p), args.gen_len, prompt_token_ids=p,
                                    sampling=SamplingParams(ignore_eos=True)))
     rows = []
+    profiler = None
     start = time.perf_counter()
     while engine.has_unfinished:
+        decodes = sum(1 for r in rows if r[0] == 0)
+        if args.kernel_table and profiler is None and decodes == args.gen_len - 1 - args.kernel_table:
+            profiler = _start_cupti()
         t0 = time.perf_counter()
         out = engine.step()
         rows.append((out.features.n_prefill_tokens, out.features.n_decode_seqs,
@@ -70,6 +85,27 @@ def main() -> None:
                   f"  executor host {part[:, 2].mean() * 1e3:7.2f} ms"
                   f"  device {part[:, 3].mean() * 1e3:7.2f} ms"
                   f"  scheduler+rest {(part[:, 4] - part[:, 2] - part[:, 3]).mean() * 1e3:6.2f} ms")
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        _print_kernels(profiler, args.kernel_table)
+
+
+def _start_cupti():
+    from torch.profiler import ProfilerActivity, profile
+    profiler = profile(activities=[ProfilerActivity.CUDA])
+    profiler.__enter__()
+    return profiler
+
+
+def _print_kernels(profiler, steps: int, top: int = 20) -> None:
+    events = [(e.key, getattr(e, "device_time_total", 0.0), e.count)
+              for e in profiler.key_averages()]
+    events = [e for e in events if e[1] > 0]
+    total = sum(t for _, t, _ in events)
+    print(f"  kernels over the last {steps} decode steps: {total / steps / 1e3:.2f} ms of device "
+          f"time per step, {sum(c for _, _, c in events) / steps:.0f} launches per step")
+    for key, t_us, count in sorted(events, key=lambda e: -e[1])[:top]:
+        print(f"  {t_us / steps:9.1f} us/step {count / steps:6.1f}/step  {key[:100]}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Literal
 
 import mlx.core as mx
 
-from testbed.model import cuda_matmul, cuda_norm
+from testbed.model import cuda_matmul, cuda_norm, cuda_rope
 
 Kernels = Literal["reference", "fast"]
 KERNELS: tuple[str, ...] = ("reference", "fast")
@@ -78,6 +78,17 @@ def rope(x: mx.array, positions: mx.array, theta: float, kernels: Kernels = "fas
     x1, x2 = x[..., :half].astype(mx.float32), x[..., half:].astype(mx.float32)
     out = mx.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def rope_qk(qkv: mx.array, positions: mx.array, theta: float, heads: int, kv_heads: int,
+            kernels: Kernels = "fast") -> tuple[mx.array, mx.array]:
+    """Roped Q [T, heads, D] and K [T, kv_heads, D] of a fused projection
+    qkv [T, heads + 2 * kv_heads, D] (V, the last kv_heads, is not roped)."""
+    if kernels == "fast" and cuda_rope.supports(qkv):
+        return cuda_rope.rope_qk(qkv, positions, theta, heads, kv_heads)
+    # One rotary call over every head (V's rotated copy is unused): one kernel, no copies.
+    roped = rope(qkv, positions, theta, kernels)
+    return roped[:, :heads], roped[:, heads:heads + kv_heads]
 
 
 # --- Attention ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Protocol
 import mlx.core as mx
 
 from testbed.model.config import ModelConfig
-from testbed.model.kernels import Kernels, add_rms_norm, check_kernels, rms_norm, rope, swiglu
+from testbed.model.kernels import Kernels, add_rms_norm, check_kernels, rms_norm, rope_qk, swiglu
 from testbed.model.kernels import attention as attention_kernel
 from testbed.model.linear import Linear, QuantizedLinear
 
@@ -180,9 +180,8 @@ class Qwen2Model:
         cfg, n = self.config, x.shape[0]
         heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         qkv = layer.qkv_proj(x).reshape(n, heads + 2 * kv_heads, cfg.head_dim)
-        # One rotary call over every head (V's rotated copy is unused): one kernel, no copies.
-        roped = rope(qkv, positions, cfg.rope_theta, self.kernels)
-        q, k, v = roped[:, :heads], roped[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]
+        q, k = rope_qk(qkv, positions, cfg.rope_theta, heads, kv_heads, self.kernels)
+        v = qkv[:, heads + kv_heads:]
         out = attention(index, q, k, v)
         return layer.o_proj(out.reshape(n, cfg.num_attention_heads * cfg.head_dim))
 
