@@ -2,12 +2,16 @@
 per step kind, for one batch of equal prompts.
 
     python benchmarks/profile_steps.py --model qwen2-0.5b --dtype bfloat16 --batch 64 \
-        --prompt-len 512 --gen-len 64 [--kernel-table 16] [--small-matmul-rows 64]
+        --prompt-len 512 --gen-len 64 [--kernel-table 16] [--small-matmul-rows 64] \
+        [--rope-kernel on]
 
 `--kernel-table N` (NVIDIA GPU, needs torch) records the last N decode steps with CUPTI
 through `torch.profiler`, which sees MLX's kernels as well, and prints each kernel's device
 time and launches per step. `--small-matmul-rows` moves the row limit under which
-projections take our tensor-core kernel instead of cuBLAS (`cuda_matmul.MAX_ROWS`).
+projections take our tensor-core kernel instead of cuBLAS (`cuda_matmul.MAX_ROWS`);
+`--rope-kernel on|off` switches the Q/K rotary kernel (`cuda_rope.ENABLED`). MLX's own CUDA
+settings (`MLX_MAX_OPS_PER_BUFFER`, `MLX_USE_CUDA_GRAPHS`, ...) are read once per process:
+set them in the environment of the run.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from testbed.engine.engine import Engine  # noqa: E402
 from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
 from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402
 from testbed.kv import make_kv_manager  # noqa: E402
-from testbed.model import cuda_matmul  # noqa: E402
+from testbed.model import cuda_matmul, cuda_rope  # noqa: E402
 from testbed.model.qwen2 import Qwen2Model  # noqa: E402
 from testbed.model.sampling import sample_sequences  # noqa: E402
 from testbed.request import Request, SamplingParams  # noqa: E402
@@ -44,9 +48,12 @@ def main() -> None:
     ap.add_argument("--kernel-table", type=int, default=0, metavar="N",
                     help="per-kernel device time over the last N decode steps (CUPTI)")
     ap.add_argument("--small-matmul-rows", type=int, default=None)
+    ap.add_argument("--rope-kernel", choices=["on", "off"], default=None)
     args = ap.parse_args()
     if args.small_matmul_rows is not None:
         cuda_matmul.MAX_ROWS = args.small_matmul_rows
+    if args.rope_kernel is not None:
+        cuda_rope.ENABLED = args.rope_kernel == "on"
     loaded = load_model(f"dummy:{args.model}", dtype=args.dtype)
     model = Qwen2Model(loaded.config, loaded.weights, dtype=args.dtype, kernels=args.kernels)
     bs = 16

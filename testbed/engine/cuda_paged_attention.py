@@ -153,7 +153,6 @@ def _kernel(scale: float):
         output_names=["out"], source=_SOURCE.replace("SCALE", f"{scale!r}f"), header=_HEADER)
 
 
-
 def _warps(blocks: int, group: int, dim: int) -> int:
     """Warps per block (a power of two): as many as bring the grid to TARGET_WARPS, so a
     small batch (one sequence: one block per KV head) splits its context finer, within
