@@ -1,6 +1,7 @@
 """The GPU comparison: our engine vs mlx-lm's BatchGenerator and transformers' `generate`,
 dummy-weight Qwen2-0.5B and Qwen2-7B in bfloat16, 512-token prompts, 256 generated tokens,
-batch 1, 16, 64 and 256, wall time including prefill. One table, one JSON
+batch 1, 16, 64 and 256, wall time including prefill; the engines take turns `--repeats`
+times (default 3) and each reports its median. One table, one JSON
 (`benchmarks/results/gpu_throughput.json`), every ratio measured in this run.
 
     python benchmarks/gpu_throughput.py [--models qwen2-0.5b qwen2-7b] [--batch 1 16 64 256]
@@ -23,13 +24,14 @@ def main() -> None:
     ap.add_argument("--prompt-len", default="512")
     ap.add_argument("--gen-len", default="256")
     ap.add_argument("--engines", default="ours,mlx-lm,transformers")
+    ap.add_argument("--repeats", default="3")
     ap.add_argument("--out", default=str(throughput.RESULTS / "gpu_throughput.json"))
     args = ap.parse_args()
     rows = []
     for model in args.models:
         rows += throughput.main(["--model", model, "--dtype", "bfloat16", "--batch", *args.batch,
                                  "--prompt-len", args.prompt_len, "--gen-len", args.gen_len,
-                                 "--engines", args.engines,
+                                 "--engines", args.engines, "--repeats", args.repeats,
                                  "--out", str(Path(args.out).with_suffix(f".{model}.json"))])
     Path(args.out).write_text(json.dumps(rows, indent=1))
     print("\n| model | batch | engine | tok/s | ours / engine |\n|---|---|---|---|---|")

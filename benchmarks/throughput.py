@@ -5,7 +5,8 @@
 
 For each batch size every engine gets `batch` random prompts of `prompt_len` tokens, all at
 once, and generates exactly `gen_len` tokens for each (EOS ignored); the time is wall time
-including prefill, after one warm-up run. Prints a table with tokens/s (generated tokens /
+including prefill, after one warm-up run. With `--repeats N` the engines take turns N times
+and each reports its median (every sample goes to the JSON): runs on a shared machine drift. Prints a table with tokens/s (generated tokens /
 seconds) and our ratio to each peer, and writes the rows as JSON to benchmarks/results/.
 """
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--engines", default="ours,mlx-lm,transformers")
     ap.add_argument("--budget", type=int, default=8192, help="our token budget per step")
     ap.add_argument("--no-overlap", action="store_true", help="run our steps one at a time")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs per engine (median)")
     ap.add_argument("--out", default=None, help="JSON file (default: results/<name>.json)")
     args = ap.parse_args(argv)
 
@@ -102,20 +104,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, device = [], device_name()
     for batch in args.batch:
         prompts = rng.integers(0, loaded.config.vocab_size, (batch, args.prompt_len)).tolist()
-        tok_s = {}
-        for name, run in runners.items():
+        for run in runners.values():
             run(prompts, 8)  # warm-up at this batch's shapes: kernel compilation, weights
-            seconds = run(prompts, args.gen_len)
-            tok_s[name] = batch * args.gen_len / seconds
+        samples = {name: [] for name in runners}
+        for _ in range(args.repeats):  # engines take turns, so drift hits them alike
+            for name, run in runners.items():
+                samples[name].append(batch * args.gen_len / run(prompts, args.gen_len))
+        tok_s = {name: float(np.median(values)) for name, values in samples.items()}
         for name, value in tok_s.items():
             row = {"engine": name, "model": args.model, "dtype": args.dtype, "batch": batch,
                    "prompt_len": args.prompt_len, "gen_len": args.gen_len,
-                   "tok_per_s": round(value, 2), "device": device}
+                   "tok_per_s": round(value, 2), "repeats": args.repeats,
+                   "tok_per_s_samples": [round(v, 2) for v in samples[name]], "device": device}
             for peer in tok_s:
                 if peer != "ours" and "ours" in tok_s and name == "ours":
                     row[f"ratio_vs_{peer.replace('-', '_')}"] = round(tok_s["ours"] / tok_s[peer], 3)
             rows.append(row)
-        print(" | ".join([f"batch {batch:4d}"] + [f"{n} {v:9.1f} tok/s" for n, v in tok_s.items()])
+        spread = {n: f" ({min(v):.0f}-{max(v):.0f})" if len(v) > 1 else "" for n, v in samples.items()}
+        print(" | ".join([f"batch {batch:4d}"] + [f"{n} {v:9.1f}{spread[n]} tok/s"
+                                                  for n, v in tok_s.items()])
               + "".join(f" | ours/{p} {tok_s['ours'] / v:.2f}x" for p, v in tok_s.items()
                         if p != "ours" and "ours" in tok_s), flush=True)
     out = Path(args.out) if args.out else RESULTS / (
