@@ -1,7 +1,7 @@
 """The fused CUDA paged-attention decode kernel equals the gather-based reference.
 
-Runs only where MLX has its CUDA backend (an NVIDIA GPU); elsewhere it is skipped with that
-reason, since the kernel cannot run.
+The kernel runs only where MLX has its CUDA backend (an NVIDIA GPU); elsewhere those tests are
+skipped with that reason.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from testbed.engine import cuda_paged_attention
 from testbed.engine.paged_attention import _gather
 from testbed.model.kernels import attention
 
-pytestmark = pytest.mark.skipif(not cuda_paged_attention.available(),
+needs_cuda = pytest.mark.skipif(not cuda_paged_attention.available(),
                                 reason="needs MLX's CUDA backend (an NVIDIA GPU)")
 
 
@@ -32,11 +32,13 @@ def _reference(q, k_pool, v_pool, tables, lens, scale):
     return out[:, :, 0, :]
 
 
+@needs_cuda
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,dim,block", [(14, 2, 64, 16), (28, 4, 128, 16),
                                                       (8, 8, 32, 8), (12, 2, 128, 32)])
 @pytest.mark.parametrize("n", [1, 9, 90])  # 90 sequences fill the GPU: fewer warps per block
-def test_kernel_equals_reference(dtype, heads, kv_heads, dim, block, n):
+@pytest.mark.parametrize("splits", [1, 3])  # 3: each context in parts, merged by a 2nd kernel
+def test_kernel_equals_reference(dtype, heads, kv_heads, dim, block, n, splits):
     rng = np.random.default_rng(heads + dim + n)
     num_blocks = 200
     lens = rng.integers(1, 40 * block, n)
@@ -47,13 +49,27 @@ def test_kernel_equals_reference(dtype, heads, kv_heads, dim, block, n):
     k_pool = mx.array(rng.standard_normal((num_blocks, block, kv_heads, dim)).astype(np.float32)).astype(dtype)
     v_pool = mx.array(rng.standard_normal((num_blocks, block, kv_heads, dim)).astype(np.float32)).astype(dtype)
     t, l = mx.array(tables), mx.array(lens.astype(np.int32))
-    fused = cuda_paged_attention.paged_decode_attention(q, k_pool, v_pool, t, l, dim ** -0.5)
+    fused = cuda_paged_attention.paged_decode_attention(q, k_pool, v_pool, t, l, dim ** -0.5,
+                                                        splits=splits)
     ref = reference(q, k_pool, v_pool, t, l, dim ** -0.5)
     tol = 1e-4 if dtype == mx.float32 else 2e-2
     np.testing.assert_allclose(np.array(fused.astype(mx.float32)), np.array(ref.astype(mx.float32)),
                                atol=tol, rtol=tol)
 
 
+def test_long_contexts_split_only_when_blocks_leave_the_gpu_idle(monkeypatch):
+    monkeypatch.setattr(cuda_paged_attention, "SPLIT_CONTEXT", True)
+    splits = cuda_paged_attention.splits_for
+    assert splits(1, 2, 512) == 1  # short: one part
+    assert splits(200, 2, 8192) == 1  # 400 blocks already fill the GPU
+    assert splits(1, 2, 4096) == 8  # parts of at least 512 tokens
+    assert splits(1, 2, 32768) == 64  # 2 x 64 blocks: enough to fill the GPU twice
+    assert splits(16, 2, 8192) == 8  # 9 wanted, rounded down to a power of two
+    monkeypatch.setattr(cuda_paged_attention, "SPLIT_CONTEXT", False)
+    assert splits(1, 2, 32768) == 1
+
+
+@needs_cuda
 def test_engine_with_fused_decode_equals_alone():
     from testbed.model.config import named_config
     from testbed.model.qwen2 import Qwen2Model
