@@ -3,13 +3,15 @@ per step kind, for one batch of equal prompts.
 
     python benchmarks/profile_steps.py --model qwen2-0.5b --dtype bfloat16 --batch 64 \
         --prompt-len 512 --gen-len 64 [--kernel-table 16] [--small-matmul-rows 64] \
-        [--rope-kernel on]
+        [--rope-kernel on] [--split-context on]
 
 `--kernel-table N` (NVIDIA GPU, needs torch) records the last N decode steps with CUPTI
 through `torch.profiler`, which sees MLX's kernels as well, and prints each kernel's device
 time and launches per step. `--small-matmul-rows` moves the row limit under which
 projections take our tensor-core kernel instead of cuBLAS (`cuda_matmul.MAX_ROWS`);
-`--rope-kernel on|off` switches the Q/K rotary kernel (`cuda_rope.ENABLED`). MLX's own CUDA
+`--rope-kernel on|off` switches the Q/K rotary kernel (`cuda_rope.ENABLED`) and
+`--split-context on|off` the long-context split of the decode attention
+(`cuda_paged_attention.SPLIT_CONTEXT`). MLX's own CUDA
 settings (`MLX_MAX_OPS_PER_BUFFER`, `MLX_USE_CUDA_GRAPHS`, ...) are read once per process:
 set them in the environment of the run.
 """
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import testbed  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
+from testbed.engine import cuda_paged_attention  # noqa: E402
 from testbed.engine.engine import Engine  # noqa: E402
 from testbed.engine.kv_pool import PagedKVPool  # noqa: E402
 from testbed.engine.mlx_executor import MLXExecutor  # noqa: E402
@@ -49,11 +52,14 @@ def main() -> None:
                     help="per-kernel device time over the last N decode steps (CUPTI)")
     ap.add_argument("--small-matmul-rows", type=int, default=None)
     ap.add_argument("--rope-kernel", choices=["on", "off"], default=None)
+    ap.add_argument("--split-context", choices=["on", "off"], default=None)
     args = ap.parse_args()
     if args.small_matmul_rows is not None:
         cuda_matmul.MAX_ROWS = args.small_matmul_rows
     if args.rope_kernel is not None:
         cuda_rope.ENABLED = args.rope_kernel == "on"
+    if args.split_context is not None:
+        cuda_paged_attention.SPLIT_CONTEXT = args.split_context == "on"
     loaded = load_model(f"dummy:{args.model}", dtype=args.dtype)
     model = Qwen2Model(loaded.config, loaded.weights, dtype=args.dtype, kernels=args.kernels)
     bs = 16
