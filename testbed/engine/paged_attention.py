@@ -23,7 +23,7 @@ import numpy as np
 from testbed.engine import cuda_paged_attention
 from testbed.engine.kv_pool import PagedKVPool
 
-TABLE_BUCKET = 8  # the compiled decode step pads block tables to a multiple of this many blocks
+MIN_TABLE_WIDTH = 8  # the compiled decode step pads block tables to a power of two >= this
 PAD_SLACK = 1.5  # batch fresh prefills while padded tokens <= slack * real tokens
 
 
@@ -90,10 +90,16 @@ class BatchLayout:
 
 
 def pad_tables(tables: list[np.ndarray], rows: int | None = None, fill: int = 0,
-               bucket: int = TABLE_BUCKET) -> np.ndarray:
-    """Block tables as one int32 array, width rounded up to a multiple of `bucket` (for a
-    compiled step: fewer distinct shapes, fewer traces), extra rows and columns `fill`."""
-    width = -(-max(len(t) for t in tables) // bucket) * bucket
+               bucket: int | None = None) -> np.ndarray:
+    """Block tables as one int32 array, extra rows and columns `fill`. The width is rounded
+    up to a multiple of `bucket`, or by default to a power of two (at least MIN_TABLE_WIDTH):
+    a compiled step traces once per width (~40 ms for Qwen2-0.5B on a 2-core host), so
+    contexts that grow through a long run cost a few traces, not one every few blocks."""
+    longest = max(len(t) for t in tables)
+    if bucket is None:
+        width = max(MIN_TABLE_WIDTH, 1 << (longest - 1).bit_length())
+    else:
+        width = -(-longest // bucket) * bucket
     padded = [list(t) + [fill] * (width - len(t)) for t in tables]
     padded += [[fill] * width] * ((rows or len(tables)) - len(tables))
     return np.array(padded, dtype=np.int32).reshape(-1, width)
