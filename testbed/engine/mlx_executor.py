@@ -89,12 +89,13 @@ class MLXExecutor:
             if rows.pending:
                 at, prev = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*rows.pending))
                 token_ids[at] = previous[prev]
-        sample_rows = mx.array(np.asarray([r for r, _ in samplers], dtype=np.int32))
+        sample_rows = mx.array(np.asarray([r for r, _ in samplers], dtype=np.int32)) \
+            if len(samplers) != len(rows.tokens) else None  # None: every row samples
         sampled = None
         if self._decode_step is not None and order and len(rows.decode_lens) == len(order):
             logits = self._compiled_decodes(token_ids, rows)
             if samplers:  # a one-token chunk inside a prompt computes but does not sample
-                logits = logits if len(samplers) == len(order) else logits[sample_rows]
+                logits = logits if sample_rows is None else logits[sample_rows]
                 sampled = self.sampler([s.seq for _, s in samplers], logits)
         elif order:
             layout = BatchLayout.build(rows.slots, rows.decode_tables, rows.decode_lens,
