@@ -54,10 +54,22 @@ class KVManager(Protocol):
 
 
 class BlockCounts:
-    """The pool counts of the KVManager protocol, for managers that track their used device
-    blocks in `_num_used` and their swap space in a `HostPool` `_host`."""
+    """The pool counts of the KVManager protocol and its swap-out, for managers that track
+    their used device blocks in `_num_used`, their swap space in a `HostPool` `_host`, and
+    give a sequence's device blocks back with `_release_all(seq)`."""
 
     num_blocks: int
+    block_size: int
+
+    def swap_out(self, seq: Sequence) -> list[tuple[int, int]] | None:
+        """KVManager.swap_out: host blocks for the computed ones, then the device ones freed."""
+        device = seq.block_table[:cdiv(seq.num_computed_tokens, self.block_size)]
+        host = self._host.store(seq.seq_id, len(device))
+        if host is None:
+            return None
+        self._release_all(seq)
+        self.stats.swapped_out_blocks += len(device)
+        return list(zip(device, host))
 
     @property
     def num_used_blocks(self) -> int:

@@ -69,17 +69,8 @@ class ContiguousKVManager(BlockCounts):
         """Nothing is shared, so nothing to register."""
 
     def free(self, seq: Sequence, finished: bool = False) -> None:
-        self._release(seq)
+        self._release_all(seq)
         self._host.release(seq.seq_id)
-
-    def swap_out(self, seq: Sequence) -> list[tuple[int, int]] | None:
-        device = seq.block_table[:cdiv(seq.num_computed_tokens, self.block_size)]
-        host = self._host.store(seq.seq_id, len(device))
-        if host is None:
-            return None
-        self._release(seq)
-        self.stats.swapped_out_blocks += len(device)
-        return list(zip(device, host))
 
     def swap_in(self, seq: Sequence) -> list[tuple[int, int]] | None:
         host = self._host.table(seq.seq_id)
@@ -123,7 +114,7 @@ class ContiguousKVManager(BlockCounts):
         self.stats.peak_used_blocks = max(self.stats.peak_used_blocks, self._num_used)
         return True
 
-    def _release(self, seq: Sequence) -> None:
+    def _release_all(self, seq: Sequence, finished: bool = False) -> None:
         """Give the run back, merged with free neighbours."""
         table = seq.block_table
         if not table:

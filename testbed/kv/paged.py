@@ -123,16 +123,6 @@ class PagedKVManager(BlockCounts):
         self._host.release(seq.seq_id)
         self._forget(seq)
 
-    def swap_out(self, seq: Sequence) -> list[tuple[int, int]] | None:
-        table = seq.block_table
-        device = table[:cdiv(seq.num_computed_tokens, self.block_size)]
-        host = self._host.store(seq.seq_id, len(device))
-        if host is None:
-            return None
-        self._release_all(seq)
-        self.stats.swapped_out_blocks += len(device)
-        return list(zip(device, host))
-
     def swap_in(self, seq: Sequence) -> list[tuple[int, int]] | None:
         host = self._host.table(seq.seq_id)
         if seq.block_table:
