@@ -46,20 +46,10 @@ def run_ours(model: Qwen2Model, prompts, outputs, max_seqs: int, budget: int) ->
 
 
 def run_mlx_lm(config, weights, prompts, outputs, max_seqs: int) -> float:
-    from mlx_lm.generate import BatchGenerator
+    from benchmarks.peers import batch_generator_seconds, mlx_lm_model
 
-    from benchmarks.peers import mlx_lm_model
-    model = mlx_lm_model(config, weights)
-    gen = BatchGenerator(model, completion_batch_size=max_seqs, prefill_batch_size=8)
-    start = time.perf_counter()
-    gen.insert(prompts, max_tokens=list(outputs))
-    done = 0
-    while done < len(prompts):
-        for r in gen.next_generated():
-            done += r.finish_reason is not None
-    seconds = time.perf_counter() - start
-    gen.close()
-    return seconds
+    return batch_generator_seconds(mlx_lm_model(config, weights), prompts, list(outputs),
+                                   completion_batch_size=max_seqs, prefill_batch_size=8)
 
 
 def main() -> None:

@@ -35,24 +35,34 @@ def mlx_lm_model(config: ModelConfig, weights: dict[str, mx.array]):
 
 def mlx_lm_runner(config: ModelConfig, weights: dict[str, mx.array], dtype: str):
     """mlx-lm's BatchGenerator on our weights; returns run(prompts, gen_len) -> seconds."""
-    from mlx_lm.generate import BatchGenerator
-
     model = mlx_lm_model(config, weights)
 
     def run(prompts: list[list[int]], gen_len: int) -> float:
-        gen = BatchGenerator(model, max_tokens=gen_len, completion_batch_size=len(prompts),
-                             prefill_batch_size=min(len(prompts), 64))
-        start = time.perf_counter()
-        gen.insert(prompts, max_tokens=[gen_len] * len(prompts))
-        finished = 0
-        while finished < len(prompts):
-            for r in gen.next_generated():
-                finished += r.finish_reason is not None
-        seconds = time.perf_counter() - start
-        gen.close()
-        return seconds
+        return batch_generator_seconds(model, prompts, [gen_len] * len(prompts),
+                                       completion_batch_size=len(prompts),
+                                       prefill_batch_size=min(len(prompts), 64))
 
     return run
+
+
+def batch_generator_seconds(model, prompts: list[list[int]], max_tokens: list[int],
+                            completion_batch_size: int, prefill_batch_size: int) -> float:
+    """Wall time of mlx-lm's BatchGenerator generating `max_tokens[i]` tokens for prompt i,
+    all inserted at once, prefill included."""
+    from mlx_lm.generate import BatchGenerator
+
+    gen = BatchGenerator(model, max_tokens=max(max_tokens),
+                         completion_batch_size=completion_batch_size,
+                         prefill_batch_size=prefill_batch_size)
+    start = time.perf_counter()
+    gen.insert(prompts, max_tokens=list(max_tokens))
+    finished = 0
+    while finished < len(prompts):
+        for r in gen.next_generated():
+            finished += r.finish_reason is not None
+    seconds = time.perf_counter() - start
+    gen.close()
+    return seconds
 
 
 def transformers_runner(config: ModelConfig, weights: dict[str, mx.array], dtype: str):
