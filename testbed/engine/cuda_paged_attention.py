@@ -18,11 +18,10 @@ holds them equal on a GPU.
 from __future__ import annotations
 
 import functools
-import struct
 
 import mlx.core as mx
 
-from testbed.model.cuda_matmul import available  # the one CUDA check
+from testbed.model.cuda import available, kernel_name
 
 MIN_WARPS, MAX_WARPS = 4, 16  # per thread block
 TARGET_WARPS = 132 * 16  # 16 warps on each SM of an H100/H200: enough loads in flight
@@ -191,10 +190,9 @@ def supports(head_dim: int) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernel(scale: float, split: bool):
-    """The kernel with `scale` compiled in: a one-element array would be host-written
-    managed memory, which each GPU read can fault back in (measured: several us a call)."""
+    """The kernel with `scale` compiled in (see `testbed.model.cuda`)."""
     source = _SOURCE.replace("SCALE", f"{scale!r}f")
-    name = f"paged_decode_attention_{struct.pack('<f', scale).hex()}"  # one per scale
+    name = kernel_name("paged_decode_attention", scale)
     if split:
         return mx.fast.cuda_kernel(
             name=name + "_part", input_names=_INPUTS, output_names=["part_out", "part_lse"],

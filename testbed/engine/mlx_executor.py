@@ -80,31 +80,20 @@ class MLXExecutor:
         order = sorted(plan.scheduled, key=lambda s: s.num_new_tokens > 1)
         rows = self._rows(order)
         samplers = rows.samplers
-        previous = self._last.sampled if rows.pending else None  # tokens still on the device
-        if previous is not None and previous.shape[0] == len(rows.tokens) and \
-                rows.pending == [(i, i) for i in range(len(rows.tokens))]:
-            token_ids = previous  # steady decoding: the same sequences in the same order
-        else:
-            token_ids = mx.array(rows.tokens)
-            if rows.pending:
-                at, prev = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*rows.pending))
-                token_ids[at] = previous[prev]
+        token_ids = self._token_ids(rows)
+        # A one-token chunk inside a prompt computes but does not sample; None: every row does.
         sample_rows = mx.array(np.asarray([r for r, _ in samplers], dtype=np.int32)) \
-            if len(samplers) != len(rows.tokens) else None  # None: every row samples
-        sampled = None
+            if len(samplers) != len(rows.tokens) else None
         if self._decode_step is not None and order and len(rows.decode_lens) == len(order):
             logits = self._compiled_decodes(token_ids, rows)
-            if samplers:  # a one-token chunk inside a prompt computes but does not sample
-                logits = logits if sample_rows is None else logits[sample_rows]
-                sampled = self.sampler([s.seq for _, s in samplers], logits)
+            logits = logits if sample_rows is None else logits[sample_rows]
         elif order:
             layout = BatchLayout.build(rows.slots, rows.decode_tables, rows.decode_lens,
                                        rows.prefills, self.fused_decode)
             attention = PagedAttention(self.pool, layout, self.model.attend, self.model.scale)
             logits = self.model(token_ids, mx.array(rows.positions), attention,
                                 logits_indices=sample_rows)
-            if samplers:
-                sampled = self.sampler([s.seq for _, s in samplers], logits)
+        sampled = self.sampler([s.seq for _, s in samplers], logits) if samplers else None
         # A step of mid-prompt chunks only just fills the cache: the pools are its result.
         mx.async_eval(*([sampled] if sampled is not None else []), *self.pool.arrays())
         launched = Launched(sampled, [s.seq.seq_id for _, s in samplers], t0,
@@ -124,6 +113,18 @@ class MLXExecutor:
         return StepResult(dict(zip(launched.seq_ids, ids)), seconds=t_end - start,
                           host_seconds=launched.host_seconds,
                           device_seconds=t_end - launched.t_start - launched.host_seconds)
+
+    def _token_ids(self, rows: StepRows) -> mx.array:
+        """The step's input tokens, those the previous step sampled taken from the device."""
+        previous = self._last.sampled if rows.pending else None
+        if previous is not None and previous.shape[0] == len(rows.tokens) and \
+                rows.pending == [(i, i) for i in range(len(rows.tokens))]:
+            return previous  # steady decoding: the same sequences in the same order
+        token_ids = mx.array(rows.tokens)
+        if rows.pending:
+            at, prev = (mx.array(np.asarray(x, dtype=np.int32)) for x in zip(*rows.pending))
+            token_ids[at] = previous[prev]
+        return token_ids
 
     def _compiled_decodes(self, token_ids: mx.array, rows: StepRows) -> mx.array:
         """Logits of a decodes-only step through the compiled function, batch padded: the

@@ -25,6 +25,8 @@ import functools
 
 import mlx.core as mx
 
+from testbed.model.cuda import available
+
 MIN_ROWS, MAX_ROWS = 2, 16  # one row: MLX's own gemv is faster; more: cuBLAS is faster on
 # the GPU (measured on the H200 inside decode steps) and its host cost is shared by more tokens
 MAX_WEIGHT = 32 << 20  # elements; larger weights (an LM head, a 7B MLP) stream faster in cuBLAS
@@ -115,17 +117,6 @@ _SOURCE = """
         }
     }
 """
-
-
-@functools.lru_cache(maxsize=None)
-def _has_cuda() -> bool:
-    cuda = getattr(mx, "cuda", None)
-    return cuda is not None and cuda.is_available()
-
-
-def available() -> bool:
-    """True on an NVIDIA GPU running MLX's CUDA backend."""
-    return _has_cuda() and mx.default_device() == mx.gpu
 
 
 def single_row(x: mx.array) -> bool:

@@ -12,11 +12,10 @@ for the norm; the sum of squares is reduced over the block in float32.
 from __future__ import annotations
 
 import functools
-import struct
 
 import mlx.core as mx
 
-from testbed.model.cuda_matmul import available  # the one CUDA check
+from testbed.model.cuda import available, kernel_name
 
 THREADS = 256
 MAX_ITEMS = 32  # row elements per thread kept in registers: rows up to 8,192 wide
@@ -65,9 +64,8 @@ def supports(x: mx.array) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _kernel(eps: float):
-    """The kernel with `eps` compiled in (a one-element array would be host-written managed
-    memory, which GPU reads can fault back in)."""
-    return mx.fast.cuda_kernel(name=f"add_rms_norm_{struct.pack('<f', eps).hex()}",
+    """The kernel with `eps` compiled in (see `testbed.model.cuda`)."""
+    return mx.fast.cuda_kernel(name=kernel_name("add_rms_norm", eps),
                                input_names=["x", "residual", "weight"],
                                output_names=["h", "normed"],
                                source=_SOURCE.replace("EPS", f"{eps!r}f"))

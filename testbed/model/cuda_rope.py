@@ -14,11 +14,10 @@ and cosine are computed in float64, so long positions keep their precision.
 from __future__ import annotations
 
 import functools
-import struct
 
 import mlx.core as mx
 
-from testbed.model.cuda_matmul import available  # the one CUDA check
+from testbed.model.cuda import available, kernel_name
 
 THREADS = 256
 # Not yet run on a GPU: the model keeps `mx.fast.rope` until tests/test_cuda_rope.py has
@@ -47,8 +46,8 @@ _SOURCE = """
 
 @functools.lru_cache(maxsize=None)
 def _kernel(theta: float):
-    """The kernel with `theta` compiled in (no scalar array: see `cuda_norm`)."""
-    return mx.fast.cuda_kernel(name=f"rope_qk_{struct.pack('<d', theta).hex()}",
+    """The kernel with `theta` compiled in (see `testbed.model.cuda`)."""
+    return mx.fast.cuda_kernel(name=kernel_name("rope_qk", theta),
                                input_names=["qkv", "positions"], output_names=["q", "k"],
                                source=_SOURCE.replace("THETA", repr(float(theta))))
 

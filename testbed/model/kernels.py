@@ -13,7 +13,7 @@ from typing import Literal
 
 import mlx.core as mx
 
-from testbed.model import cuda_matmul, cuda_norm, cuda_rope
+from testbed.model import cuda, cuda_norm, cuda_rope
 
 Kernels = Literal["reference", "fast"]
 KERNELS: tuple[str, ...] = ("reference", "fast")
@@ -65,7 +65,7 @@ def rope(x: mx.array, positions: mx.array, theta: float, kernels: Kernels = "fas
     # MLX's CUDA rope lays a launch over (head_dim / 2, 1, tokens * heads / 4) threads; below
     # head_dim 32 its thread block gets a z size over CUDA's limit of 64 and the launch fails
     # ("invalid argument") once a step has enough tokens, so small heads take the reference.
-    if kernels == "fast" and not (x.shape[-1] < 32 and cuda_matmul.available()):
+    if kernels == "fast" and not (x.shape[-1] < 32 and cuda.available()):
         # mx.fast.rope ropes axis -2 from `offset`; with that axis of length 1 and one offset
         # per leading row, every token is roped at its own position.
         out = mx.fast.rope(x[:, :, None, :], x.shape[-1], traditional=False, base=theta,
