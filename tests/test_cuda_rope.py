@@ -38,16 +38,18 @@ def test_float64_reference_matches_the_model_rope_at_small_positions():
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
 @pytest.mark.parametrize("heads,kv_heads,dim", [(14, 2, 64), (28, 4, 128), (4, 2, 16), (8, 8, 32)])
 @pytest.mark.parametrize("tokens", [1, 5, 300])
-def test_rope_qk_equals_reference(dtype, heads, kv_heads, dim, tokens):
+def test_rope_qkv_equals_reference(dtype, heads, kv_heads, dim, tokens):
     rng = np.random.default_rng(tokens + dim)
     qkv = mx.array(rng.standard_normal((tokens, heads + 2 * kv_heads, dim)).astype(np.float32)).astype(dtype)
     positions = mx.array(rng.integers(0, 32_768, tokens).astype(np.int32))
-    q, k = cuda_rope.rope_qk(qkv, positions, 1_000_000.0, heads, kv_heads)
-    want = rope_float64(np.array(qkv.astype(mx.float32)), np.array(positions), 1_000_000.0)
-    assert q.shape == (tokens, heads, dim) and k.shape == (tokens, kv_heads, dim)
-    assert q.dtype == k.dtype == dtype
+    q, kv = cuda_rope.rope_qkv(qkv, positions, 1_000_000.0, heads, kv_heads)
+    x = np.array(qkv.astype(mx.float32))
+    want = rope_float64(x, np.array(positions), 1_000_000.0)
+    assert q.shape == (tokens, heads, dim) and kv.shape == (tokens, 2 * kv_heads, dim)
+    assert q.dtype == kv.dtype == dtype
     tol = 1e-5 if dtype == mx.float32 else 2e-2
-    np.testing.assert_allclose(np.array(q.astype(mx.float32)), np.array(want[:, :heads]),
+    got_q, got_kv = np.array(q.astype(mx.float32)), np.array(kv.astype(mx.float32))
+    np.testing.assert_allclose(got_q, want[:, :heads], rtol=tol, atol=tol)
+    np.testing.assert_allclose(got_kv[:, :kv_heads], want[:, heads:heads + kv_heads],
                                rtol=tol, atol=tol)
-    np.testing.assert_allclose(np.array(k.astype(mx.float32)),
-                               np.array(want[:, heads:heads + kv_heads]), rtol=tol, atol=tol)
+    np.testing.assert_array_equal(got_kv[:, kv_heads:], x[:, heads + kv_heads:])  # V as it is

@@ -178,7 +178,9 @@ def test_pool_allocated_once_and_peak_memory_bounded(model):
     weights = sum(v.nbytes for v in random_weights(model.config, seed=1).values())
     mx.reset_peak_memory()
     run(engine, workload(n=8, seed=5))
-    assert len(pool.arrays()) == 2 * model.config.num_hidden_layers
-    assert all(a.shape == pool.k[0].shape for a in pool.arrays())
+    cfg = model.config
+    assert len(pool.arrays()) == cfg.num_hidden_layers
+    assert all(a.shape == (97, pool.block_size, 2 * cfg.num_key_value_heads, cfg.head_dim)
+               for a in pool.arrays())
     peak = mx.get_peak_memory()
     assert peak <= (weights + pool.nbytes) * 1.15 + (64 << 20), (peak, weights, pool.nbytes)

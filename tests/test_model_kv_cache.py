@@ -92,4 +92,4 @@ def test_forward_without_prepare_is_an_error(model):
     cache = ContiguousKVCache.for_model(model, 1)
     q = mx.zeros((1, 4, 16))
     with pytest.raises(RuntimeError, match="prepare"):
-        cache(0, q, mx.zeros((1, 2, 16)), mx.zeros((1, 2, 16)))
+        cache(0, q, mx.zeros((1, 4, 16)))  # kv: 2 key heads, then 2 value heads

@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 
 from testbed.engine import cuda_paged_attention
-from testbed.engine.paged_attention import _gather
+from testbed.engine.paged_attention import gather_kv
 from testbed.model.kernels import attention
 
 needs_cuda = pytest.mark.skipif(not cuda_paged_attention.available(),
                                 reason="needs MLX's CUDA backend (an NVIDIA GPU)")
 
 
-def reference(q, k_pool, v_pool, tables, lens, scale):
+def reference(q, kv_pool, tables, lens, scale):
     """The gather-based attention in float32 on the CPU (a GPU float32 matmul may round
     through TF32)."""
     with mx.stream(mx.cpu):
-        return _reference(q, k_pool, v_pool, tables, lens, scale)
+        return _reference(q, kv_pool, tables, lens, scale)
 
 
-def _reference(q, k_pool, v_pool, tables, lens, scale):
-    keys, values = _gather(k_pool, tables), _gather(v_pool, tables)
+def _reference(q, kv_pool, tables, lens, scale):
+    keys, values = gather_kv(kv_pool, tables)
     width = keys.shape[2]
     mask = mx.arange(width)[None, :] < lens[:, None]
     out = attention(q[:, :, None, :], keys, values, mask[:, None, None, :], scale, "reference")
@@ -46,12 +46,12 @@ def test_kernel_equals_reference(dtype, heads, kv_heads, dim, block, n, splits):
     width = int(-(-lens.max() // block)) + 3
     tables = np.stack([rng.permutation(num_blocks)[:width] for _ in range(n)]).astype(np.int32)
     q = mx.array(rng.standard_normal((n, heads, dim)).astype(np.float32)).astype(dtype)
-    k_pool = mx.array(rng.standard_normal((num_blocks, block, kv_heads, dim)).astype(np.float32)).astype(dtype)
-    v_pool = mx.array(rng.standard_normal((num_blocks, block, kv_heads, dim)).astype(np.float32)).astype(dtype)
+    pool_shape = (num_blocks, block, 2 * kv_heads, dim)  # key heads, then value heads
+    kv_pool = mx.array(rng.standard_normal(pool_shape).astype(np.float32)).astype(dtype)
     t, l = mx.array(tables), mx.array(lens.astype(np.int32))
-    fused = cuda_paged_attention.paged_decode_attention(q, k_pool, v_pool, t, l, dim ** -0.5,
+    fused = cuda_paged_attention.paged_decode_attention(q, kv_pool, t, l, dim ** -0.5,
                                                         splits=splits)
-    ref = reference(q, k_pool, v_pool, t, l, dim ** -0.5)
+    ref = reference(q, kv_pool, t, l, dim ** -0.5)
     tol = 1e-4 if dtype == mx.float32 else 2e-2
     np.testing.assert_allclose(np.array(fused.astype(mx.float32)), np.array(ref.astype(mx.float32)),
                                atol=tol, rtol=tol)

@@ -1,7 +1,7 @@
 """A fused paged-attention decode kernel for NVIDIA GPUs (`mx.fast.cuda_kernel`).
 
 One thread block per (sequence, KV head) reads the sequence's keys and values straight from
-the block pool through its block table -- no gather, no padding, no mask -- and serves all
+the layer's block pool (keys and values side by side, see `kv_pool.py`) through its block table -- no gather, no padding, no mask -- and serves all
 query heads of that KV head (GQA) from each loaded K/V vector. Each warp walks a strided share
 of the context, a tile of tokens at a time, with an online softmax; the warps' partial results
 are merged in shared memory.
@@ -10,7 +10,7 @@ loads one token's K (or V) head vector in a single coalesced read.
 
 A long context with too few (sequence, KV head) blocks to fill the GPU can be split into
 parts (flash-decoding): each part's blocks write their normalized output and log-sum-exp,
-and a second kernel merges the parts (`splits_for`, off until measured on a GPU).
+and a second kernel merges the parts (`splits_for`, off until measured faster).
 
 It must equal the gather-based reference in `paged_attention.py`; `tests/test_paged_kernel.py`
 holds them equal on a GPU.
@@ -28,9 +28,8 @@ TARGET_WARPS = 132 * 16  # 16 warps on each SM of an H100/H200: enough loads in 
 SHARED_BYTES = 45_000  # the merge buffers must fit the 48 KB of static shared memory
 FILL_BLOCKS = 2 * 132  # thread blocks that give every SM of an H100/H200 two
 # Splitting long contexts over several blocks (flash-decoding) when a batch has too few
-# (sequence, KV head) blocks to fill the GPU. Not yet run on a GPU: off until
-# tests/test_paged_kernel.py's split cases have passed there and a long-context decode step
-# measured faster.
+# (sequence, KV head) blocks to fill the GPU. Its tests pass on an H200; off until a
+# long-context decode step has been measured faster with it (profile_steps --split-context).
 SPLIT_CONTEXT = False
 SPLIT_MIN_TOKENS = 1024
 
@@ -93,9 +92,10 @@ _SOURCE = """
         #pragma unroll
         for (int u = 0; u < TT; ++u) {
             const int t = min(t0 + u, end - 1);  // past the end: a real token, weighted 0
-            const size_t base = (((size_t)table[t / BS] * BS + t % BS) * KV + g) * D + lane * E;
-            load_row<T, E>(k_pool + base, kx[u]);
-            load_row<T, E>(v_pool + base, vx[u]);
+            // The token's row holds its KV key heads, then its KV value heads.
+            const size_t base = (((size_t)table[t / BS] * BS + t % BS) * 2 * KV + g) * D + lane * E;
+            load_row<T, E>(kv_pool + base, kx[u]);
+            load_row<T, E>(kv_pool + base + KV * D, vx[u]);
         }
         #pragma unroll
         for (int h = 0; h < G; ++h) {
@@ -202,7 +202,7 @@ def _kernel(scale: float, split: bool):
         source=source.replace("STORE", _STORE_FINAL).replace("SPLITS", "1"), header=_HEADER)
 
 
-_INPUTS = ["q", "k_pool", "v_pool", "block_tables", "context_lens"]
+_INPUTS = ["q", "kv_pool", "block_tables", "context_lens"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,15 +238,16 @@ def splits_for(sequences: int, kv_heads: int, width_tokens: int) -> int:
     return 1 << (parts.bit_length() - 1)  # a power of two: few kernel instantiations
 
 
-def paged_decode_attention(q: mx.array, k_pool: mx.array, v_pool: mx.array,
-                           block_tables: mx.array, context_lens: mx.array,
-                           scale: float, splits: int | None = None) -> mx.array:
-    """q [N, heads, D]; pools [blocks, block_size, kv_heads, D]; block_tables [N, max_blocks]
+def paged_decode_attention(q: mx.array, kv_pool: mx.array, block_tables: mx.array,
+                           context_lens: mx.array, scale: float,
+                           splits: int | None = None) -> mx.array:
+    """q [N, heads, D]; kv_pool [blocks, block_size, 2 * kv_heads, D] (key heads, then value
+    heads); block_tables [N, max_blocks]
     int32; context_lens [N] int32 (keys to attend, the new token's included) -> [N, heads, D].
     `splits` parts per context (default `splits_for`): each part's blocks attend over their
     share, and a second kernel merges the parts."""
     n, heads, dim = q.shape
-    _, block_size, kv_heads, _ = k_pool.shape
+    block_size, kv_heads = kv_pool.shape[1], kv_pool.shape[2] // 2
     if dim % 32:
         raise ValueError(f"paged decode kernel needs head_dim % 32 == 0, got {dim}")
     group = heads // kv_heads
@@ -256,7 +257,7 @@ def paged_decode_attention(q: mx.array, k_pool: mx.array, v_pool: mx.array,
     warps = _warps(blocks, group, dim)
     template = [("T", q.dtype), ("G", group), ("D", dim), ("KV", kv_heads),
                 ("BS", block_size), ("NW", warps), ("TT", _tile(dim))]
-    inputs = [q, k_pool, v_pool, block_tables, context_lens]
+    inputs = [q, kv_pool, block_tables, context_lens]
     launch = dict(grid=(blocks * warps * 32, 1, 1), threadgroup=(warps * 32, 1, 1))
     if splits == 1:
         return _kernel(float(scale), False)(

@@ -1,6 +1,11 @@
 """The physical KV cache of the real engine: one block pool per layer, indexed by the
 KVManager's block ids, plus a host pool that swapped-out blocks really move to.
 
+A layer's pool holds keys and values together, [blocks, block_size, 2 * kv_heads, head_dim]
+(the kv_heads key heads, then the value heads): a step stores a layer's new keys and values
+with one scatter, not two -- on a GPU, where small-batch decode waits on the host's ~10 us per
+kernel, that is 24 kernels fewer per Qwen2-0.5B step.
+
 Device pools are allocated once, from the budget the KV manager was sized with, plus one
 scratch block that no sequence owns (padding rows of a batch write there); every write is a
 scatter into them. The host pool holds raw bits (numpy has no bfloat16), so a block goes out
@@ -19,16 +24,16 @@ _BITS = {mx.float32: (mx.uint32, np.uint32), mx.float16: (mx.uint16, np.uint16),
 
 
 class LayerPools:
-    """Per-layer K and V pool arrays, [blocks, block_size, kv_heads, head_dim] each."""
+    """Per-layer pool arrays, [blocks, block_size, 2 * kv_heads, head_dim] each."""
 
-    def __init__(self, k: list[mx.array], v: list[mx.array]):
-        self.k, self.v = k, v
+    def __init__(self, kv: list[mx.array]):
+        self.kv = kv
 
-    def write(self, layer: int, slots: mx.array, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
-        """Store new keys/values ([T, kv_heads, head_dim]) at flat slots (block * size + offset)."""
-        self.k[layer] = write_slots(self.k[layer], slots, k)
-        self.v[layer] = write_slots(self.v[layer], slots, v)
-        return self.k[layer], self.v[layer]
+    def write(self, layer: int, slots: mx.array, kv: mx.array) -> mx.array:
+        """Store new keys and values (kv [T, 2 * kv_heads, head_dim]) at flat slots
+        (block * size + offset); returns the layer's updated pool."""
+        self.kv[layer] = write_slots(self.kv[layer], slots, kv)
+        return self.kv[layer]
 
 
 class PagedKVPool(LayerPools):
@@ -38,20 +43,20 @@ class PagedKVPool(LayerPools):
         self.block_size = block_size
         self.scratch_block = num_blocks  # the extra block past the KV manager's ids
         self.dtype = _MX_DTYPES[dtype]
-        shape = (num_blocks + 1, block_size, config.num_key_value_heads, config.head_dim)
-        super().__init__([mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)],
-                         [mx.zeros(shape, dtype=self.dtype) for _ in range(config.num_hidden_layers)])
-        mx.eval(self.k, self.v)
+        shape = (num_blocks + 1, block_size, 2 * config.num_key_value_heads, config.head_dim)
+        super().__init__([mx.zeros(shape, dtype=self.dtype)
+                          for _ in range(config.num_hidden_layers)])
+        mx.eval(self.kv)
         self._bits_mx, bits_np = _BITS[self.dtype]
-        host_shape = (config.num_hidden_layers, 2, num_host_blocks) + shape[1:]
+        host_shape = (config.num_hidden_layers, num_host_blocks) + shape[1:]
         self.host = np.zeros(host_shape, dtype=bits_np) if num_host_blocks else None
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.k) + sum(a.nbytes for a in self.v)
+        return sum(a.nbytes for a in self.kv)
 
     def arrays(self) -> list[mx.array]:
-        return self.k + self.v
+        return self.kv
 
     def swap_out(self, pairs: list[tuple[int, int]]) -> None:
         """Copy device blocks to host blocks ((device, host) pairs)."""
@@ -60,9 +65,8 @@ class PagedKVPool(LayerPools):
         self._require_host()
         dev = mx.array([d for d, _ in pairs])
         host = np.array([h for _, h in pairs])
-        for layer in range(len(self.k)):
-            for kv, pool in enumerate((self.k, self.v)):
-                self.host[layer, kv, host] = np.array(pool[layer][dev].view(self._bits_mx))
+        for layer, pool in enumerate(self.kv):
+            self.host[layer, host] = np.array(pool[dev].view(self._bits_mx))
 
     def swap_in(self, pairs: list[tuple[int, int]]) -> None:
         """Copy host blocks back to (other) device blocks ((host, device) pairs)."""
@@ -71,11 +75,9 @@ class PagedKVPool(LayerPools):
         self._require_host()
         host = np.array([h for h, _ in pairs])
         dev = mx.array([d for _, d in pairs])
-        for layer in range(len(self.k)):
-            for kv, pool in enumerate((self.k, self.v)):
-                blocks = mx.array(self.host[layer, kv, host]).view(self.dtype)
-                pool[layer][dev] = blocks
-        mx.eval(self.k, self.v)
+        for layer, pool in enumerate(self.kv):
+            pool[dev] = mx.array(self.host[layer, host]).view(self.dtype)
+        mx.eval(self.kv)
 
     def _require_host(self) -> None:
         if self.host is None:

@@ -140,10 +140,9 @@ class MLXExecutor:
         slots[:n] = rows.slots
         tokens = mx.concatenate([token_ids, mx.zeros((padded - n,), dtype=mx.int32)]) \
             if padded > n else token_ids
-        layers = len(self.pool.k)
         out = self._decode_step(tokens, mx.array(pos), mx.array(slots), mx.array(tables),
-                                mx.array(lens), *self.pool.k, *self.pool.v)
-        self.pool.k, self.pool.v = list(out[1:1 + layers]), list(out[1 + layers:])
+                                mx.array(lens), *self.pool.kv)
+        self.pool.kv = list(out[1:])
         return out[0][:n]
 
     def _rows(self, order: list[ScheduledSeq]) -> StepRows:
@@ -198,11 +197,11 @@ def compiled_decode_step(model, fused_decode: bool):
 
         def decode_graph(tokens, positions, slots, tables, lens, *pools):
             model = model_ref()
-            traced = LayerPools(list(pools[:len(pools) // 2]), list(pools[len(pools) // 2:]))
+            traced = LayerPools(list(pools))
             layout = BatchLayout.decodes(slots, tables, lens, fused_decode)
             attention = PagedAttention(traced, layout, model.attend, model.scale)
             logits = model(tokens, positions, attention)
-            return (logits, *traced.k, *traced.v)
+            return (logits, *traced.kv)
         steps[fused_decode] = mx.compile(decode_graph)
     return steps[fused_decode]
 

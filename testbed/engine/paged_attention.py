@@ -1,11 +1,12 @@
 """Paged attention over the KV pool, for one step's flattened mixed batch.
 
 The step's tokens are laid out decodes first (one token each), then prefill chunks. Each
-layer writes its new K/V into the pool at the tokens' slots, then attends:
+layer writes its new keys and values (one [T, 2 * kv_heads, D] array) into the pool at the
+tokens' slots, then attends:
 - decodes: all in one call. On an NVIDIA GPU a fused kernel reads the pool through the block
   tables (`cuda_paged_attention.py`); elsewhere the reference gathers each sequence's blocks
   (tables padded to a bucketed width, masked past each context length) for one batched call.
-  `pool` is anything with `write(layer, slots, k, v) -> (k_pool, v_pool)`: the KV pool, or the
+  `pool` is anything with `write(layer, slots, kv) -> layer's pool`: the KV pool, or the
   traced pool arrays of the compiled decode step.
 - prefill chunks that start a sequence (no cached context): their K/V are this step's own, so
   they need no pool read. Chunks of similar length are right-padded into one batch and run
@@ -133,49 +134,54 @@ class PagedAttention:
         self.pool, self.layout, self.attend, self.scale = pool, layout, attend, scale
         self._decode_mask = None  # the same for every layer: built once per step
 
-    def __call__(self, layer: int, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+    def __call__(self, layer: int, q: mx.array, kv: mx.array) -> mx.array:
         lay = self.layout
-        k_pool, v_pool = self.pool.write(layer, lay.slots, k, v)
+        pool = self.pool.write(layer, lay.slots, kv)
         parts = []
         if lay.num_decodes:
-            parts.append(self._decode(q[:lay.num_decodes], k_pool, v_pool))
+            parts.append(self._decode(q[:lay.num_decodes], pool))
         for group in lay.fresh:
-            parts.append(self._fresh(group, q, k, v))
+            parts.append(self._fresh(group, q, kv))
         for chunk in lay.chunks:
-            parts.append(self._chunk(chunk, q, k_pool, v_pool))
+            parts.append(self._chunk(chunk, q, pool))
         out = parts[0] if len(parts) == 1 else mx.concatenate(parts, axis=0)
         return out if lay.order is None else out[lay.order]
 
-    def _decode(self, q, k_pool, v_pool):
+    def _decode(self, q, pool):
         lay = self.layout
         if lay.fused_decode:
             return cuda_paged_attention.paged_decode_attention(
-                q, k_pool, v_pool, lay.decode_tables, lay.decode_lens, self.scale)
-        keys, values = _gather(k_pool, lay.decode_tables), _gather(v_pool, lay.decode_tables)
+                q, pool, lay.decode_tables, lay.decode_lens, self.scale)
+        keys, values = gather_kv(pool, lay.decode_tables)
         if self._decode_mask is None:
             mask = mx.arange(keys.shape[2])[None, :] < lay.decode_lens[:, None]
             self._decode_mask = mask[:, None, None, :]
         out = self.attend(q[:, :, None, :], keys, values, self._decode_mask, self.scale)
         return out[:, :, 0, :]
 
-    def _fresh(self, group: FreshGroup, q, k, v):
+    def _fresh(self, group: FreshGroup, q, kv):
+        kv_heads = kv.shape[1] // 2
         # [n, width, heads, dim] -> [n, heads, width, dim]
-        qs, ks, vs = (x[group.rows].transpose(0, 2, 1, 3) for x in (q, k, v))
+        qs, ks, vs = (x[group.rows].transpose(0, 2, 1, 3)
+                      for x in (q, kv[:, :kv_heads], kv[:, kv_heads:]))
         out = self.attend(qs, ks, vs, "causal", self.scale).transpose(0, 2, 1, 3)
         return out.reshape(-1, *out.shape[2:])[group.keep]
 
-    def _chunk(self, chunk: ContextChunk, q, k_pool, v_pool):
-        table = chunk.block_table[None]
-        keys = _gather(k_pool, table)[:, :, :chunk.context_len]
-        values = _gather(v_pool, table)[:, :, :chunk.context_len]
+    def _chunk(self, chunk: ContextChunk, q, pool):
+        keys, values = gather_kv(pool, chunk.block_table[None], chunk.context_len)
         queries = q[chunk.start:chunk.start + chunk.length].transpose(1, 0, 2)[None]
         out = self.attend(queries, keys, values, "causal", self.scale)
         return out[0].transpose(1, 0, 2)
 
 
-def _gather(pool: mx.array, tables: mx.array) -> mx.array:
-    """[blocks, size, kv_heads, dim] pool + [B, nb] tables -> [B, kv_heads, nb * size, dim]."""
+def gather_kv(pool: mx.array, tables: mx.array, length: int | None = None
+              ) -> tuple[mx.array, mx.array]:
+    """A layer's pool [blocks, size, 2 * kv_heads, dim] read through block tables [B, nb]:
+    keys and values [B, kv_heads, nb * size (or the first `length`), dim]."""
     b, nb = tables.shape
-    g = pool[tables]  # [B, nb, size, kv_heads, dim]
-    g = g.reshape(b, nb * pool.shape[1], pool.shape[2], pool.shape[3])
-    return g.transpose(0, 2, 1, 3)
+    g = pool[tables]  # [B, nb, size, 2 * kv_heads, dim]
+    g = g.reshape(b, nb * pool.shape[1], pool.shape[2], pool.shape[3]).transpose(0, 2, 1, 3)
+    if length is not None:
+        g = g[:, :, :length]
+    kv_heads = pool.shape[2] // 2
+    return g[:, :kv_heads], g[:, kv_heads:]

@@ -80,15 +80,16 @@ def rope(x: mx.array, positions: mx.array, theta: float, kernels: Kernels = "fas
     return out.astype(x.dtype)
 
 
-def rope_qk(qkv: mx.array, positions: mx.array, theta: float, heads: int, kv_heads: int,
-            kernels: Kernels = "fast") -> tuple[mx.array, mx.array]:
-    """Roped Q [T, heads, D] and K [T, kv_heads, D] of a fused projection
-    qkv [T, heads + 2 * kv_heads, D] (V, the last kv_heads, is not roped)."""
+def rope_qkv(qkv: mx.array, positions: mx.array, theta: float, heads: int, kv_heads: int,
+             kernels: Kernels = "fast") -> tuple[mx.array, mx.array]:
+    """A fused projection qkv [T, heads + 2 * kv_heads, D] -> roped Q [T, heads, D] and
+    KV [T, 2 * kv_heads, D]: roped K, then V (not roped), the rows the KV pool stores."""
     if kernels == "fast" and cuda_rope.supports(qkv):
-        return cuda_rope.rope_qk(qkv, positions, theta, heads, kv_heads)
+        return cuda_rope.rope_qkv(qkv, positions, theta, heads, kv_heads)
     # One rotary call over every head (V's rotated copy is unused): one kernel, no copies.
     roped = rope(qkv, positions, theta, kernels)
-    return roped[:, :heads], roped[:, heads:heads + kv_heads]
+    kv = mx.concatenate([roped[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]], axis=1)
+    return roped[:, :heads], kv
 
 
 # --- Attention ---------------------------------------------------------------------------

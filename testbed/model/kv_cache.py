@@ -82,10 +82,12 @@ class ContiguousKVCache:
         self.lengths = ends.tolist()
         return mx.array(positions.astype(np.int32))
 
-    def __call__(self, layer: int, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
+    def __call__(self, layer: int, q: mx.array, kv: mx.array) -> mx.array:
         lay = self._layout
         if lay is None:
             raise RuntimeError("ContiguousKVCache: call prepare() before the model's forward")
+        kv_heads = self.config.num_key_value_heads
+        k, v = kv[:, :kv_heads], kv[:, kv_heads:]
         self.keys[layer][lay.write_seq, :, lay.write_pos] = k
         self.values[layer][lay.write_seq, :, lay.write_pos] = v
         keys = self.keys[layer][:, :, :lay.kv_len]

@@ -14,7 +14,7 @@ from typing import Protocol
 import mlx.core as mx
 
 from testbed.model.config import ModelConfig
-from testbed.model.kernels import Kernels, add_rms_norm, check_kernels, rms_norm, rope_qk, swiglu
+from testbed.model.kernels import Kernels, add_rms_norm, check_kernels, rms_norm, rope_qkv, swiglu
 from testbed.model.kernels import attention as attention_kernel
 from testbed.model.linear import Linear, QuantizedLinear
 
@@ -24,9 +24,10 @@ Projection = Linear | QuantizedLinear
 
 
 class AttentionFn(Protocol):
-    def __call__(self, layer: int, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
-        """q [T, n_heads, head_dim], k/v [T, n_kv_heads, head_dim], already RoPE'd;
-        stores k/v in the backend's cache and returns attention output [T, n_heads, head_dim]."""
+    def __call__(self, layer: int, q: mx.array, kv: mx.array) -> mx.array:
+        """q [T, n_heads, head_dim] RoPE'd; kv [T, 2 * n_kv_heads, head_dim]: the keys
+        (RoPE'd) then the values, as one array so a paged pool stores them in one write.
+        Stores kv in the backend's cache and returns attention output [T, n_heads, head_dim]."""
         ...
 
 
@@ -180,9 +181,8 @@ class Qwen2Model:
         cfg, n = self.config, x.shape[0]
         heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         qkv = layer.qkv_proj(x).reshape(n, heads + 2 * kv_heads, cfg.head_dim)
-        q, k = rope_qk(qkv, positions, cfg.rope_theta, heads, kv_heads, self.kernels)
-        v = qkv[:, heads + kv_heads:]
-        out = attention(index, q, k, v)
+        q, kv = rope_qkv(qkv, positions, cfg.rope_theta, heads, kv_heads, self.kernels)
+        out = attention(index, q, kv)
         return layer.o_proj(out.reshape(n, cfg.num_attention_heads * cfg.head_dim))
 
 
