@@ -17,6 +17,7 @@ import pytest
 from testbed.engine.engine import Engine
 from testbed.engine.kv_pool import PagedKVPool
 from testbed.engine.mlx_executor import MLXExecutor
+from testbed.engine.paged_attention import MIN_TABLE_WIDTH, pad_tables
 from testbed.generate import generate
 from testbed.kv import make_kv_manager
 from testbed.model.config import named_config
@@ -184,3 +185,14 @@ def test_pool_allocated_once_and_peak_memory_bounded(model):
                for a in pool.arrays())
     peak = mx.get_peak_memory()
     assert peak <= (weights + pool.nbytes) * 1.15 + (64 << 20), (peak, weights, pool.nbytes)
+
+
+def test_pad_tables_pads_rows_and_columns():
+    tables = [[3, 1, 4], np.array([1, 5]), [9] * 9]
+    got = pad_tables(tables, rows=4, fill=7)  # compiled steps: a power-of-two width
+    assert got.dtype == np.int32 and got.shape == (4, 16)
+    for row, table in zip(got, tables):
+        assert list(row[:len(table)]) == list(table) and set(row[len(table):]) == {7}
+    assert set(got[3]) == {7}
+    assert pad_tables([[2]]).shape == (1, MIN_TABLE_WIDTH)
+    assert pad_tables([[1, 2, 3], [4]], bucket=1).tolist() == [[1, 2, 3], [4, 0, 0]]
