@@ -1,10 +1,10 @@
 """A fused paged-attention decode kernel for NVIDIA GPUs (`mx.fast.cuda_kernel`).
 
 One thread block per (sequence, KV head) reads the sequence's keys and values straight from
-the layer's block pool (keys and values side by side, see `kv_pool.py`) through its block table -- no gather, no padding, no mask -- and serves all
-query heads of that KV head (GQA) from each loaded K/V vector. Each warp walks a strided share
-of the context, a tile of tokens at a time, with an online softmax; the warps' partial results
-are merged in shared memory.
+the layer's block pool (keys and values side by side, see `kv_pool.py`) through its block
+table -- no gather, no padding, no mask -- and serves all query heads of that KV head (GQA)
+from each loaded K/V vector. Each warp walks a strided share of the context, a tile of tokens
+at a time, with an online softmax; the warps' partial results are merged in shared memory.
 Lane `l` owns elements [l*E, (l+1)*E) of the head dimension (E = head_dim / 32), so a warp
 loads one token's K (or V) head vector in a single coalesced read.
 

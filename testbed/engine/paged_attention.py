@@ -166,10 +166,10 @@ class PagedAttention:
         return out[:, :, 0, :]
 
     def _fresh(self, group: FreshGroup, q, kv):
-        kv_heads = kv.shape[1] // 2
         # [n, width, heads, dim] -> [n, heads, width, dim]
-        qs, ks, vs = (x[group.rows].transpose(0, 2, 1, 3)
-                      for x in (q, kv[:, :kv_heads], kv[:, kv_heads:]))
+        qs, kvs = (x[group.rows].transpose(0, 2, 1, 3) for x in (q, kv))
+        kv_heads = kv.shape[1] // 2
+        ks, vs = kvs[:, :kv_heads], kvs[:, kv_heads:]
         out = self.attend(qs, ks, vs, "causal", self.scale).transpose(0, 2, 1, 3)
         return out.reshape(-1, *out.shape[2:])[group.keep]
 
