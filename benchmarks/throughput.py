@@ -6,8 +6,9 @@
 For each batch size every engine gets `batch` random prompts of `prompt_len` tokens, all at
 once, and generates exactly `gen_len` tokens for each (EOS ignored); the time is wall time
 including prefill, after one warm-up run. With `--repeats N` the engines take turns N times
-and each reports its median (every sample goes to the JSON): runs on a shared machine drift. Prints a table with tokens/s (generated tokens /
-seconds) and our ratio to each peer, and writes the rows as JSON to benchmarks/results/.
+and each reports its median (every sample goes to the JSON): runs on a shared machine drift.
+Prints a table with tokens/s (generated tokens / seconds) and our ratio to each peer, and
+writes the rows as JSON to benchmarks/results/.
 """
 from __future__ import annotations
 

@@ -86,7 +86,7 @@ def rope_qkv(qkv: mx.array, positions: mx.array, theta: float, heads: int, kv_he
     KV [T, 2 * kv_heads, D]: roped K, then V (not roped), the rows the KV pool stores."""
     if kernels == "fast" and cuda_rope.supports(qkv):
         return cuda_rope.rope_qkv(qkv, positions, theta, heads, kv_heads)
-    # One rotary call over every head (V's rotated copy is unused): one kernel, no copies.
+    # One rotary call over every head (V's rotated copy is unused), then K and V joined.
     roped = rope(qkv, positions, theta, kernels)
     kv = mx.concatenate([roped[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]], axis=1)
     return roped[:, :heads], kv
